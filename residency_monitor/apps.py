@@ -1,0 +1,120 @@
+"""Recognise the application protocol of a flow from its first bytes.
+
+Content decides, not the port: TLS on 8443, HTTP on 8080 and SSH on 2222 are
+all common on office networks. Ports only break ties where the content of
+the first bytes is shared (a "220 " greeting is SMTP or FTP). Pure functions
+over the first bytes of each direction; ``None`` means "not enough bytes yet".
+"""
+
+from __future__ import annotations
+
+from .tls import looks_like_tls
+
+UNKNOWN = "unknown"
+
+#: protocols that may upgrade to TLS in-band, and the client command that asks for it
+STARTTLS_APPS = {"smtp": (b"STARTTLS",), "imap": (b"STARTTLS",), "pop3": (b"STLS",),
+                 "ftp": (b"AUTH TLS", b"AUTH SSL")}
+#: bytes of plaintext per side after which a session is taken not to upgrade
+STARTTLS_WINDOW = 16384
+
+_HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"CONNECT ",
+                 b"PATCH ", b"TRACE ", b"PROPFIND ", b"PROPPATCH ", b"MKCOL ", b"COPY ",
+                 b"MOVE ", b"LOCK ", b"UNLOCK ", b"REPORT ", b"SEARCH ")
+_SMTP_CMDS = (b"EHLO", b"HELO", b"MAIL FROM", b"STARTTLS")
+_FTP_CMDS = (b"USER ", b"AUTH TLS", b"AUTH SSL", b"FEAT", b"SYST", b"OPTS ")
+_TELNET_CMDS = frozenset((0xFB, 0xFC, 0xFD, 0xFE))  # WILL, WONT, DO, DONT
+_ENOUGH = 64  # bytes per side after which an unmatched stream is "unknown"
+
+
+def detect_tcp(client: bytes, server: bytes, server_port: int) -> str | None:
+    """The application protocol of a TCP flow, from the first bytes of each side."""
+    if looks_like_tls(client) or (not client and looks_like_tls(server)):
+        return "tls"
+    if client:
+        if client.startswith(b"SSH-"):
+            return "ssh"
+        if client.startswith(_HTTP_METHODS) or (len(client) < 10 and _is_method_prefix(client)):
+            return "http" if client.startswith(_HTTP_METHODS) else None
+    if server:
+        found = _server_greeting(server, client, server_port)
+        if found is not None:
+            return found
+        if server.startswith(b"HTTP/1."):
+            return "http"
+    if client and client[0] == 0xFF and len(client) > 1 and client[1] in _TELNET_CMDS:
+        return "telnet"
+    if server and server[0] == 0xFF and len(server) > 1 and server[1] in _TELNET_CMDS:
+        return "telnet"
+    if len(client) >= _ENOUGH or len(server) >= _ENOUGH or (client and server):
+        return UNKNOWN
+    return None
+
+
+def _is_method_prefix(data: bytes) -> bool:
+    return any(m.startswith(data) for m in _HTTP_METHODS)
+
+
+def _server_greeting(server: bytes, client: bytes, port: int) -> str | None:
+    """Server-first protocols: SSH, SMTP, FTP, POP3, IMAP."""
+    if server.startswith(b"SSH-"):
+        return "ssh"
+    if server.startswith(b"+OK"):
+        return "pop3"
+    if server.startswith(b"* OK") or server.startswith(b"* PREAUTH"):
+        return "imap"
+    if server.startswith(b"220"):
+        head = server[:200].upper()
+        if b"SMTP" in head or client.upper().startswith(_SMTP_CMDS) or port in (25, 465, 587):
+            return "smtp"
+        if b"FTP" in head or client.upper().startswith(_FTP_CMDS) or port == 21:
+            return "ftp"
+        if not client:
+            return None  # wait for the client's first command to tell SMTP from FTP
+        return UNKNOWN
+    return None
+
+
+def detect_udp(payload: bytes, client_port: int, server_port: int) -> str:
+    """The application protocol of a UDP flow from its first client payload."""
+    if len(payload) >= 7 and payload[0] & 0xC0 == 0xC0:
+        version = int.from_bytes(payload[1:5], "big")
+        if version != 0 and payload[5] <= 20:  # long header with a sane DCID length
+            return "quic"
+    if 53 in (server_port, client_port) and len(payload) >= 12:
+        return "dns"
+    if server_port == 123 and len(payload) >= 48:
+        return "ntp"
+    if server_port == 5353 or client_port == 5353:
+        return "mdns"
+    return UNKNOWN
+
+
+def find_starttls(app: str, client: bytes) -> int | None:
+    """Offset just past the client's upgrade command line, or None if it has not asked yet."""
+    for cmd in STARTTLS_APPS.get(app, ()):
+        start = 0
+        while True:
+            i = client.upper().find(cmd, start)
+            if i < 0:
+                break
+            line_start = client.rfind(b"\n", 0, i) + 1
+            head = client[line_start:i]
+            # SMTP/POP3/FTP: the command opens the line; IMAP: after a tag and a space
+            if not head or (app == "imap" and head.endswith(b" ") and b" " not in head[:-1]):
+                nl = client.find(b"\n", i)
+                return None if nl < 0 else nl + 1
+            start = i + 1
+    return None
+
+
+def tls_record_start(data: bytes, after: int) -> int | None:
+    """Where the first TLS handshake record starts at a line boundary at or after ``after``."""
+    i = after
+    while True:
+        i = data.find(b"\x16\x03", i)
+        if i < 0:
+            return None
+        if i == 0 or data[i - 1] == 0x0A:
+            return i
+        i += 1

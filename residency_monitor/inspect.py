@@ -1,0 +1,222 @@
+"""Handshake inspection: what a flow's first bytes say about it.
+
+An inspector is attached to each new TCP or UDP flow and sees its packets
+only until the handshake is understood; then the flow table stops calling it
+and it stops buffering (its result stays on the flow as ``flow.hs``). TCP
+payload is reassembled per direction (at most ``cap`` bytes each) and
+re-parsed as it grows; the TLS parser is pure and stateless, so re-parsing a
+few kilobytes a few times per connection is cheaper than keeping parser
+state for every flow.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from . import apps, tls
+from .flows import ACK, RST, SYN, Flow
+from .reassembly import StreamBuffer
+from .wire import ParseError
+
+#: bytes buffered per direction before giving up on a handshake
+DEFAULT_CAP = 65536
+
+
+class Handshake:
+    """What inspection learnt about one flow (read when its record is built)."""
+
+    __slots__ = ("app", "client_hello", "server_hello", "client_hellos", "server_hellos",
+                 "hrr", "tls_error", "decided_at", "note")
+
+    def __init__(self) -> None:
+        self.app: str | None = None
+        self.client_hello: tls.ClientHello | None = None   # the first one (fingerprints)
+        self.server_hello: tls.ServerHello | None = None   # the last non-HRR one (negotiated)
+        self.client_hellos = 0
+        self.server_hellos = 0
+        self.hrr = False
+        self.tls_error: str | None = None
+        self.decided_at: float | None = None   # packet time of the packet that completed it
+        self.note: str | None = None
+
+
+class TcpInspector(Handshake):
+    """Reassembles both directions' first bytes and parses the handshake."""
+
+    __slots__ = ("bufs", "done_side", "server_port", "cap", "errors", "tls_start", "starttls")
+
+    def __init__(self, server_port: int, cap: int, errors: Counter):
+        super().__init__()
+        self.bufs: list[StreamBuffer | None] = [None, None]  # [server->client, client->server]
+        self.done_side = [False, False]
+        self.server_port = server_port
+        self.cap = cap
+        self.errors = errors
+        self.tls_start: list[int] | None = None  # where TLS begins in [server, client] data
+        self.starttls = False
+
+    def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
+        flags = d[4]
+        side = 1 if from_client else 0
+        buf = self.bufs[side]
+        if flags & SYN:
+            if buf is None:
+                buf = self.bufs[side] = StreamBuffer(self.cap)
+            buf.set_isn(d[5])
+            return False
+        plen = d[7]
+        if plen <= 0:
+            return bool(flags & RST) and self._finish(ts, "reset before handshake")
+        if self.done_side[side]:
+            return False
+        if buf is None:
+            buf = self.bufs[side] = StreamBuffer(self.cap)
+        off = d[6]
+        if not buf.add(d[5], frame[off:off + plen]):
+            if buf.overflowed:
+                return self._give_up(side, ts, "handshake larger than the reassembly cap")
+            return False
+        return self._analyse(ts)
+
+    def _analyse(self, ts: float) -> bool:
+        if self.app is None:
+            cdata = self._data(1)
+            sdata = self._data(0)
+            self.app = apps.detect_tcp(cdata, sdata, self.server_port)
+            if self.app is None:
+                return False
+        if self.app == "tls":
+            self.tls_start = [0, 0]
+        elif self.app in apps.STARTTLS_APPS and self.tls_start is None:
+            return self._starttls(ts)
+        if self.tls_start is not None:
+            return self._tls(ts)
+        return self._finish(ts, None)
+
+    def _starttls(self, ts: float) -> bool:
+        """Follow a plaintext mail/file protocol until it upgrades to TLS, or clearly won't."""
+        cdata, sdata = self._data(1), self._data(0)
+        at = apps.find_starttls(self.app or "", cdata)
+        if at is None:
+            if len(cdata) > apps.STARTTLS_WINDOW or len(sdata) > apps.STARTTLS_WINDOW:
+                return self._finish(ts, None)
+            return False
+        cstart = apps.tls_record_start(cdata, at)
+        sstart = apps.tls_record_start(sdata, 0)
+        if cstart is None or sstart is None:
+            return False
+        self.starttls = True
+        self.tls_start = [sstart, cstart]
+        return self._tls(ts)
+
+    def _data(self, side: int) -> bytes:
+        buf = self.bufs[side]
+        return buf.data if buf is not None else b""
+
+    def _tls(self, ts: float) -> bool:
+        for side in (1, 0):
+            if self.done_side[side]:
+                continue
+            data = self._data(side)[self.tls_start[side]:] if self.tls_start else b""
+            if not data:
+                continue
+            try:
+                msgs, ended = tls.read_handshake_messages(data)
+            except ParseError as exc:
+                self.errors["tls"] += 1
+                self.tls_error = str(exc)
+                self.done_side[side] = True
+                continue
+            self._take(side, msgs, ts, sslv2=data[0] != 0x16)
+            if ended:
+                self.done_side[side] = True
+        if self.server_hello is not None or all(self.done_side):
+            return self._finish(ts, None)
+        return False
+
+    def _take(self, side: int, msgs: list[tuple[int, bytes]], ts: float, sslv2: bool) -> None:
+        """Parse the hellos among a direction's complete handshake messages."""
+        want = 1 if side == 1 else 2
+        hellos = [body for typ, body in msgs if typ == want]
+        if side == 1:
+            if len(hellos) > self.client_hellos and self.client_hello is None:
+                parse = tls.parse_sslv2_client_hello if sslv2 else tls.parse_client_hello
+                self.client_hello = self._parse(parse, hellos[0])
+            self.client_hellos = len(hellos)
+            return
+        parse = tls.parse_sslv2_server_hello if sslv2 else tls.parse_server_hello
+        for body in hellos[self.server_hellos:]:
+            sh = self._parse(parse, body)
+            if sh is None:
+                continue
+            if sh.hello_retry_request:
+                self.hrr = True
+            else:
+                self.server_hello = sh
+                self.decided_at = ts
+        self.server_hellos = len(hellos)
+
+    def _parse(self, parser, body: bytes):
+        try:
+            return parser(body)
+        except ParseError as exc:
+            self.errors["tls"] += 1
+            self.tls_error = str(exc)
+            return None
+
+    def _give_up(self, side: int, ts: float, why: str) -> bool:
+        self.done_side[side] = True
+        self.note = why
+        if all(self.done_side):
+            return self._finish(ts, why)
+        return False
+
+    def _finish(self, ts: float, note: str | None) -> bool:
+        if self.decided_at is None:
+            self.decided_at = ts
+        if note and not self.note:
+            self.note = note
+        self.bufs = [None, None]  # stop buffering: free the bytes now
+        return True
+
+
+class UdpInspector(Handshake):
+    """Labels a UDP flow from its first payload; QUIC and DNS parsing plug in here."""
+
+    __slots__ = ("client_port", "server_port")
+
+    def __init__(self, client_port: int, server_port: int):
+        super().__init__()
+        self.client_port = client_port
+        self.server_port = server_port
+
+    def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
+        plen = d[7]
+        if plen <= 0:
+            return False
+        off = d[6]
+        payload = frame[off:off + plen]
+        if from_client:
+            self.app = apps.detect_udp(payload, self.client_port, self.server_port)
+        else:
+            self.app = apps.detect_udp(payload, self.server_port, self.client_port)
+        self.decided_at = ts
+        return True
+
+
+class Inspection:
+    """The inspector factory given to the flow table, with its error counters."""
+
+    def __init__(self, cap: int = DEFAULT_CAP):
+        self.cap = cap
+        self.errors: Counter[str] = Counter()
+
+    def __call__(self, flow: Flow, client_port: int, server_port: int):
+        if flow.proto == 6:
+            return TcpInspector(server_port, self.cap, self.errors)
+        if flow.proto == 17:
+            return UdpInspector(client_port, server_port)
+        return None
+
+
+__all__ = ["ACK", "DEFAULT_CAP", "Handshake", "Inspection", "TcpInspector", "UdpInspector"]

@@ -1,0 +1,137 @@
+"""Flow records: the one log line per connection that every later stage consumes.
+
+Built once per flow end (or active-timeout interim), never per packet. The
+field names are the documented JSON Lines schema (README, "Flow records").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import fingerprint
+from .flows import Flow
+from .networks import NetworkSet, direction
+from .tls_names import cipher_name, version_name
+
+TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    """One connection, as far as the capture shows it. "client" = the initiating side."""
+
+    ts_start: float
+    ts_end: float
+    final: bool
+    end_reason: str
+    transport: str
+    ip_version: int
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    direction: str
+    vlan: int | None
+    packets_out: int
+    packets_in: int
+    bytes_out: int
+    bytes_in: int
+    tcp_flags_out: str | None
+    tcp_flags_in: str | None
+    client_from: str
+    app: str
+    tls_version: str | None = None
+    tls_client_versions: list[str] = field(default_factory=list)
+    tls_sni: str | None = None
+    tls_alpn: list[str] = field(default_factory=list)
+    tls_alpn_chosen: str | None = None
+    tls_cipher: str | None = None
+    tls_ech: bool = False
+    tls_hrr: bool = False
+    tls_ja3: str | None = None
+    tls_ja3s: str | None = None
+    tls_ja4: str | None = None
+    icmp_id: int | None = None
+    handshake_at: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+_FLAG_LETTERS = "FSRPAUEC"  # FIN SYN RST PSH ACK URG ECE CWR, bit order
+
+
+def flag_string(flags: int) -> str:
+    """TCP flags seen, as letters in bit order (``SA`` = SYN and ACK)."""
+    return "".join(ch for i, ch in enumerate(_FLAG_LETTERS) if flags >> i & 1)
+
+
+def _addr(a: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(a) == 4 else socket.AF_INET6, a)
+
+
+def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet) -> FlowRecord:
+    """Turn a tracked flow (and what inspection found) into its record."""
+    key = flow.ckey
+    half = (len(key) - 4) >> 1
+    caddr, saddr = key[:half], key[half:2 * half]
+    cport, sport = key[-4] << 8 | key[-3], key[-2] << 8 | key[-1]
+    icmp_id = None
+    if flow.client_from == "icmp_echo":  # Zeek's convention: ports carry type and code
+        icmp_id, cport, sport = cport, (8 if flow.proto == 1 else 128), 0
+    tcp = flow.proto == 6
+    base: dict[str, Any] = {
+        "ts_start": flow.ts_first, "ts_end": flow.ts_last, "final": final,
+        "end_reason": end_reason, "transport": TRANSPORTS.get(flow.proto, f"ip-{flow.proto}"),
+        "ip_version": flow.ip_version, "client_ip": _addr(caddr), "client_port": cport,
+        "server_ip": _addr(saddr), "server_port": sport,
+        "direction": direction(caddr in internal, saddr in internal), "vlan": flow.vlan,
+        "packets_out": flow.pk_c, "packets_in": flow.pk_s,
+        "bytes_out": flow.by_c, "bytes_in": flow.by_s,
+        "tcp_flags_out": flag_string(flow.fl_c) if tcp else None,
+        "tcp_flags_in": flag_string(flow.fl_s) if tcp else None,
+        "client_from": flow.client_from, "icmp_id": icmp_id,
+    }
+    base.update(_handshake_fields(flow))
+    return FlowRecord(**base)
+
+
+def _handshake_fields(flow: Flow) -> dict[str, Any]:
+    hs = flow.hs
+    if hs is None:
+        return {"app": TRANSPORTS[flow.proto] if flow.proto in (1, 58) else "unknown"}
+    out: dict[str, Any] = {"app": hs.app or "unknown", "handshake_at": hs.decided_at}
+    notes = [n for n in (hs.note, hs.tls_error and f"tls parse error: {hs.tls_error}") if n]
+    out["notes"] = notes
+    ch, sh = hs.client_hello, hs.server_hello
+    if ch is not None:
+        out.update(_client_hello_fields(ch, "q" if flow.proto == 17 else "t"))
+    if sh is not None:
+        out["tls_version"] = version_name(sh.version)
+        out["tls_cipher"] = cipher_name(sh.cipher_suite) if not sh.sslv2 else None
+        out["tls_alpn_chosen"] = sh.alpn
+        j = fingerprint.ja3s(sh)
+        out["tls_ja3s"] = j[1] if j else None
+    out["tls_hrr"] = hs.hrr
+    return out
+
+
+def _client_hello_fields(ch, transport: str) -> dict[str, Any]:
+    ja3 = fingerprint.ja3(ch)
+    ja4 = fingerprint.ja4(ch, transport)
+    return {
+        "tls_client_versions": [version_name(v) for v in ch.versions],
+        "tls_sni": ch.sni,
+        "tls_alpn": list(ch.alpn),
+        "tls_ech": ch.ech,
+        "tls_ja3": ja3[1] if ja3 else None,
+        "tls_ja4": ja4[0] if ja4 else None,
+    }
