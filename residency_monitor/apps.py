@@ -75,15 +75,28 @@ def _server_greeting(server: bytes, client: bytes, port: int) -> str | None:
     return None
 
 
+#: QUIC versions recognised on any port: v1, v2 (RFC 9369), drafts 29-34, and Google QUIC.
+QUIC_VERSIONS = frozenset({0x00000001, 0x6B3343CF, 0x709A50C4, *range(0xFF00001D, 0xFF000023),
+                           0x51303433, 0x51303436, 0x51303530, 0x54303530, 0x54303531})
+
+
+def is_quic_long_header(payload: bytes, server_port: int) -> bool:
+    """A QUIC long-header packet: a known version anywhere, any version on UDP 443."""
+    if len(payload) < 7 or payload[0] & 0xC0 != 0xC0 or payload[5] > 20:
+        return False
+    version = int.from_bytes(payload[1:5], "big")
+    if version in QUIC_VERSIONS or version & 0x0F0F0F0F == 0x0A0A0A0A:  # GREASE versions
+        return True
+    return server_port == 443 and version != 0
+
+
 def detect_udp(payload: bytes, client_port: int, server_port: int) -> str:
-    """The application protocol of a UDP flow from its first client payload."""
-    if len(payload) >= 7 and payload[0] & 0xC0 == 0xC0:
-        version = int.from_bytes(payload[1:5], "big")
-        if version != 0 and payload[5] <= 20:  # long header with a sane DCID length
-            return "quic"
+    """The application protocol of a UDP flow from its first payload (either direction)."""
     if 53 in (server_port, client_port) and len(payload) >= 12:
         return "dns"
-    if server_port == 123 and len(payload) >= 48:
+    if is_quic_long_header(payload, server_port):
+        return "quic"
+    if 123 in (server_port, client_port) and len(payload) >= 48:
         return "ntp"
     if server_port == 5353 or client_port == 5353:
         return "mdns"
