@@ -127,26 +127,24 @@ class TcpInspector(Handshake):
                 self.tls_error = str(exc)
                 self.done_side[side] = True
                 continue
-            self._take(side, msgs, ts, sslv2=data[0] != 0x16)
+            self._take(side, msgs, ts)
             if ended:
                 self.done_side[side] = True
         if self.server_hello is not None or all(self.done_side):
             return self._finish(ts, None)
         return False
 
-    def _take(self, side: int, msgs: list[tuple[int, bytes]], ts: float, sslv2: bool) -> None:
-        """Parse the hellos among a direction's complete handshake messages."""
+    def _take(self, side: int, msgs: list[tuple[int, bytes]], ts: float) -> None:
+        """Parse the hellos among a direction's complete handshake messages (SSLv2 too)."""
         want = 1 if side == 1 else 2
         hellos = [body for typ, body in msgs if typ == want]
         if side == 1:
             if len(hellos) > self.client_hellos and self.client_hello is None:
-                parse = tls.parse_sslv2_client_hello if sslv2 else tls.parse_client_hello
-                self.client_hello = self._parse(parse, hellos[0])
+                self.client_hello = self._parse(tls.parse_client_hello, hellos[0])
             self.client_hellos = len(hellos)
             return
-        parse = tls.parse_sslv2_server_hello if sslv2 else tls.parse_server_hello
         for body in hellos[self.server_hellos:]:
-            sh = self._parse(parse, body)
+            sh = self._parse(tls.parse_server_hello, body)
             if sh is None:
                 continue
             if sh.hello_retry_request:
