@@ -1,0 +1,41 @@
+# Two entry points for a fresh machine (see README.md):
+#   make run   install, then replay the bundled sample capture into a flow table
+#   make test  install what the tests need (Debian packages too), then run the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests drive for real: tshark (cross-checks), tcpdump (benchmark floor)
+DEB_PACKAGES := tshark tcpdump
+
+.PHONY: run test install install-test deb-packages bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+
+install-test: $(BIN)/python deb-packages
+	$(BIN)/python -m pip install -q -e '.[test]'
+
+deb-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+	    --no-install-recommends $$missing; \
+	fi
+
+run: install
+	$(BIN)/residency-monitor replay --format table
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+bench: install-test
+	$(BIN)/python benchmarks/bench_replay.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
