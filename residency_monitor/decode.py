@@ -183,6 +183,8 @@ def _other_link(frame: bytes, linktype: int) -> Decoded:
         return _by_ethertype(frame, 16, frame[14] << 8 | frame[15])
     if linktype == LINKTYPE_LINUX_SLL2:
         return _by_ethertype(frame, 20, frame[0] << 8 | frame[1])
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) and len(frame) < 4:
+        return (TRUNCATED, "loopback header")
     if linktype == LINKTYPE_NULL:
         family = int.from_bytes(frame[0:4], "little")
         if family > 0xFFFF:  # written on a big-endian host
@@ -222,12 +224,12 @@ def ipv4(frame: bytes, l3: int, vlan: int | None) -> Decoded:
     if vihl >> 4 != 4 or ihl < 20:
         return (MALFORMED, "bad IPv4 header")
     tot = frame[l3 + 2] << 8 | frame[l3 + 3]
+    if len(frame) < l3 + ihl:
+        return (TRUNCATED, "IPv4 header")
     if tot == 0:  # TSO/GSO on the capturing host: the kernel left it to the NIC
         tot = len(frame) - l3
     elif tot < ihl:
         return (MALFORMED, "IPv4 total length shorter than its header")
-    if len(frame) < l3 + 20:
-        return (TRUNCATED, "IPv4 header")
     proto = frame[l3 + 9]
     frag = frame[l3 + 6] << 8 | frame[l3 + 7]
     if frag & 0x3FFF:  # MF set or non-zero offset
@@ -259,6 +261,8 @@ def ipv6(frame: bytes, l3: int, vlan: int | None) -> Decoded:
         elif nh == 51:  # AH: length in 4-octet units
             nh, off = frame[off], off + ((frame[off + 1] + 2) << 2)
         elif nh == 44:
+            if len(frame) < off + 8:
+                return (TRUNCATED, "IPv6 fragment header")
             fo = frame[off + 2] << 8 | frame[off + 3]
             fkey = frame[l3 + 8:l3 + 40] + frame[off + 4:off + 8]
             if fo & 0xFFF8:
@@ -299,6 +303,8 @@ def transport(frame: bytes, src: int, dst: int, l4: int, end: int, proto: int, t
         key = _addr_ports(frame, src, dst, alen, l4)
         return (17, key, tot, vlan, 0, 0, l4 + 8, end - l4 - 8, ver, None)
     if proto == 1 or proto == 58:
+        if l4 + 8 > end:
+            return (MALFORMED, "ICMP header beyond the IP payload")
         return _icmp(frame, src, dst, l4, end, proto, tot, vlan, ver)
     key = frame[src:dst] + frame[dst:dst + alen] + b"\0\0\0\0"
     return (proto, key, tot, vlan, 0, 0, l4, end - l4, ver, None)

@@ -197,6 +197,10 @@ class FlowTable:
             self.stats["orphan_fragments"] += 1
             return
         f, c, _ = entry
+        if self._tables[f.proto].get(f.ckey) is not f:  # its flow ended: the record is out
+            del self._fragments[d[1]]
+            self.stats["orphan_fragments"] += 1
+            return
         f.fragments += 1
         if c:
             f.pk_c += 1

@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from residency_monitor.engine import Engine
 from residency_monitor.replay import replay
-
-from conftest import SHARED
 
 GENERATOR = SHARED / "bench" / "make_bench_pcap.py"
 PACKETS = 100_000
@@ -28,7 +27,8 @@ PACKETS = 100_000
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> tuple[Path, dict]:
     if not GENERATOR.is_file():
-        pytest.skip(f"bench generator not found at {GENERATOR} (../shared sits beside the checkout)")
+        pytest.skip(f"bench generator not found at {GENERATOR} "
+                    "(../shared sits beside the checkout)")
     out = tmp_path_factory.mktemp("bench") / "bench.pcap"
     subprocess.run([sys.executable, str(GENERATOR), "--packets", str(PACKETS), "--seed", "1",
                     "--out", str(out)], check=True, capture_output=True)
@@ -104,11 +104,12 @@ def test_tls_over_tcp_matches_truth(bench, records):
         if f["app"] != "tls" or not tls:  # SMTP STARTTLS: see test_plaintext.py
             continue
         r = ours[_truth_key(f)]
-        want_version = ("TLS " + tls["negotiated_version"]) if tls.get("negotiated_version") else None
+        version = tls.get("negotiated_version")
+        want_version = f"TLS {version}" if version else None
         assert r.app == "tls"
-        if tls.get("client_hello_complete", True):
-            if (r.tls_sni, r.tls_version) != (tls["sni"], want_version):
-                bad.append((_truth_key(f), r.tls_sni, tls["sni"], r.tls_version, want_version))
+        complete = tls.get("client_hello_complete", True)
+        if complete and (r.tls_sni, r.tls_version) != (tls["sni"], want_version):
+            bad.append((_truth_key(f), r.tls_sni, tls["sni"], r.tls_version, want_version))
         checked += 1
     assert bad == []
     assert checked > 500
