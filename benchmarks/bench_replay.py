@@ -448,8 +448,8 @@ def measure_flow_memory(ip_version: int, use_tracemalloc: bool, n: int) -> dict:
 
 def print_flow_memory(n: int) -> None:
     print()
-    print(f"memory per tracked flow: {n:,} concurrent TCP flows (one SYN each to :443, so each "
-          f"has its inspector), no finish(); target <= {FLOW_BYTES_TARGET} B/flow", flush=True)
+    print(f"memory per tracked flow: {n:,} concurrent TCP flows (one SYN each to :443, as a SYN "
+          f"flood makes them), no finish(); target <= {FLOW_BYTES_TARGET} B/flow", flush=True)
     for version in (4, 6):
         rss = measure_flow_memory(version, False, n)
         traced = measure_flow_memory(version, True, n)

@@ -54,24 +54,27 @@ class Inspector(Protocol):
 class Flow:
     """One bidirectional connection. ``c``/``s``: client and server side."""
 
-    __slots__ = ("ckey", "proto", "ip_version", "vlan", "ts_first", "ts_last",
-                 "pk_c", "pk_s", "by_c", "by_s", "fl_c", "fl_s", "insp", "hs",
-                 "next_active", "client_from", "fragments")
+    # Every slot costs 8 bytes per flow, and a float another 24: 1M flows must fit in
+    # about 400 MB, so derivable facts (IP version, the next active-timeout
+    # deadline) are computed when needed instead of stored.
+    __slots__ = ("ckey", "proto", "vlan", "ts_first", "ts_last", "pk_c", "pk_s", "by_c", "by_s",
+                 "fl_c", "fl_s", "insp", "hs", "interims", "client_from")
 
-    def __init__(self, ckey: bytes, proto: int, ip_version: int, vlan: int | None, ts: float,
-                 client_from: str):
+    def __init__(self, ckey: bytes, proto: int, vlan: int | None, ts: float, client_from: str):
         self.ckey = ckey
         self.proto = proto
-        self.ip_version = ip_version
         self.vlan = vlan
         self.ts_first = ts
         self.ts_last = ts
         self.pk_c = self.pk_s = self.by_c = self.by_s = self.fl_c = self.fl_s = 0
         self.insp: Any = None
         self.hs: Any = None
-        self.next_active = 0.0
+        self.interims = 0
         self.client_from = client_from
-        self.fragments = 0
+
+    @property
+    def ip_version(self) -> int:
+        return 4 if len(self.ckey) == 12 else 6
 
     @property
     def closed(self) -> bool:
@@ -168,8 +171,7 @@ class FlowTable:
         _src, _dst, sport, dport = key_fields(key)
         sender_client, why = client_is_sender(d[0], d[4], sport, dport)
         ckey = key if sender_client else reverse_key(key)
-        f = Flow(ckey, d[0], d[8], d[3], ts, why)
-        f.next_active = ts + self.config.active
+        f = Flow(ckey, d[0], d[3], ts, why)
         rkey = reverse_key(ckey)
         table[ckey] = f
         table[rkey] = f
@@ -187,7 +189,6 @@ class FlowTable:
         if len(frags) >= self.config.max_fragments:
             del frags[next(iter(frags))]
         frags[fkey] = (f, from_client, ts)
-        f.fragments += 1
         self.stats["fragments"] += 1
 
     def _fragment(self, ts: float, d: tuple) -> None:
@@ -201,7 +202,6 @@ class FlowTable:
             del self._fragments[d[1]]
             self.stats["orphan_fragments"] += 1
             return
-        f.fragments += 1
         if c:
             f.pk_c += 1
             f.by_c += d[2]
@@ -222,14 +222,14 @@ class FlowTable:
     def sweep(self, now: float) -> None:
         """Expire idle and closed flows, emit interim records for long ones."""
         self.next_sweep = now + self.config.sweep_interval
+        active = self.config.active
         expired = []
         for f in self.flows():
             timeout, reason = self._timeout(f)
             if f.ts_last + timeout <= now:
                 expired.append((f, reason))
-            elif now >= f.next_active:
-                period = self.config.active
-                f.next_active += period * (1 + (now - f.next_active) // period)
+            elif now >= f.ts_first + (f.interims + 1) * active:
+                f.interims = int((now - f.ts_first) // active)
                 self.events.append(("interim", f, END_ACTIVE))
         for f, reason in expired:
             self._end(f, reason)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from . import apps, tls
-from .flows import ACK, RST, SYN, Flow
+from .flows import RST, SYN, Flow
 from .reassembly import StreamBuffer
 from .wire import ParseError
 
@@ -56,15 +56,14 @@ class TcpInspector(Handshake):
         self.starttls = False
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
-        flags = d[4]
+        flags, seq, plen = d[4], d[5], d[7]
         side = 1 if from_client else 0
         buf = self.bufs[side]
-        if flags & SYN:
+        if flags & SYN:  # only a SYN with data (TCP Fast Open) gets here: see AwaitPayload
             if buf is None:
                 buf = self.bufs[side] = StreamBuffer(self.cap)
-            buf.set_isn(d[5])
-            return False
-        plen = d[7]
+            buf.set_isn(seq)
+            seq = (seq + 1) & 0xFFFFFFFF
         if plen <= 0:
             return bool(flags & RST) and self._finish(ts, "reset before handshake")
         if self.done_side[side]:
@@ -72,7 +71,7 @@ class TcpInspector(Handshake):
         if buf is None:
             buf = self.bufs[side] = StreamBuffer(self.cap)
         off = d[6]
-        if not buf.add(d[5], frame[off:off + plen]):
+        if not buf.add(seq, frame[off:off + plen]):
             if buf.overflowed:
                 return self._give_up(side, ts, "handshake larger than the reassembly cap")
             return False
@@ -174,31 +173,67 @@ class TcpInspector(Handshake):
             self.decided_at = ts
         if note and not self.note:
             self.note = note
-        self.bufs = [None, None]  # stop buffering: free the bytes now
+        self.bufs = _NO_BUFFERS  # stop buffering: free the bytes now
+        self.done_side = _BOTH_DONE
         return True
 
 
-class UdpInspector(Handshake):
-    """Labels a UDP flow from its first payload; QUIC and DNS parsing plug in here."""
+_NO_BUFFERS: list[StreamBuffer | None] = [None, None]   # shared by finished inspectors
+_BOTH_DONE = [True, True]
 
-    __slots__ = ("client_port", "server_port")
 
-    def __init__(self, client_port: int, server_port: int):
+class AwaitPayload(Handshake):
+    """Stands in for a TCP flow's inspector until the flow carries payload.
+
+    One shared instance serves every flow that has only exchanged SYNs and
+    ACKs, so a SYN flood or a port scan costs no inspection state (measured:
+    a per-flow inspector built at the SYN tripled the memory of a 1M-flow
+    table). The reassembly buffer then starts at the first data segment, and
+    moves back if an earlier segment arrives late.
+    """
+
+    __slots__ = ("inspection",)
+
+    def __init__(self, inspection: Inspection):
         super().__init__()
-        self.client_port = client_port
-        self.server_port = server_port
+        self.inspection = inspection
+
+    def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
+        if d[7] <= 0:
+            return False
+        key = flow.ckey
+        real = TcpInspector(key[-2] << 8 | key[-1], self.inspection.cap, self.inspection.errors)
+        flow.insp = flow.hs = real
+        return real.feed(flow, from_client, ts, d, frame)
+
+
+class UdpProbe(Handshake):
+    """Labels a UDP flow from its first payload, with no per-flow state.
+
+    The result is one shared :class:`Handshake` per application name, so a
+    flood of one-packet UDP flows costs nothing here. QUIC and DNS parsing
+    will hang their own per-flow inspectors on this decision.
+    """
+
+    __slots__ = ("_results",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._results: dict[str, Handshake] = {}
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
         plen = d[7]
         if plen <= 0:
             return False
         off = d[6]
-        payload = frame[off:off + plen]
-        if from_client:
-            self.app = apps.detect_udp(payload, self.client_port, self.server_port)
-        else:
-            self.app = apps.detect_udp(payload, self.server_port, self.client_port)
-        self.decided_at = ts
+        key = flow.ckey
+        cport, sport = key[-4] << 8 | key[-3], key[-2] << 8 | key[-1]
+        app = apps.detect_udp(frame[off:off + plen], cport, sport)
+        result = self._results.get(app)
+        if result is None:
+            result = self._results[app] = Handshake()
+            result.app = app
+        flow.hs = result
         return True
 
 
@@ -208,13 +243,13 @@ class Inspection:
     def __init__(self, cap: int = DEFAULT_CAP):
         self.cap = cap
         self.errors: Counter[str] = Counter()
+        self._await_payload = AwaitPayload(self)
+        self._udp = UdpProbe()
 
-    def __call__(self, flow: Flow, client_port: int, server_port: int):
+    def __call__(self, flow: Flow, client_port: int,
+                 server_port: int) -> AwaitPayload | UdpProbe | None:
         if flow.proto == 6:
-            return TcpInspector(server_port, self.cap, self.errors)
+            return self._await_payload
         if flow.proto == 17:
-            return UdpInspector(client_port, server_port)
+            return self._udp
         return None
-
-
-__all__ = ["ACK", "DEFAULT_CAP", "Handshake", "Inspection", "TcpInspector", "UdpInspector"]

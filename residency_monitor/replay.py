@@ -42,10 +42,12 @@ class ReplayResult:
         return EXIT_OK
 
 
-def _frames(reader, progress) -> Iterator[tuple[float, int, bytes, int]]:
-    if progress is None:
-        yield from reader
-        return
+def _frames(reader, progress) -> Iterable[tuple[float, int, bytes, int]]:
+    """The reader itself, or (on a terminal) the reader with a progress counter around it."""
+    return reader if progress is None else _counted(reader, progress)
+
+
+def _counted(reader, progress) -> Iterator[tuple[float, int, bytes, int]]:
     for i, item in enumerate(reader, 1):
         if not i & 0xFFFF:
             progress(i)

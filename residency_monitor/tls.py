@@ -28,6 +28,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -110,9 +111,10 @@ class ServerHello:
 
 def _u16_list(c: Cursor) -> tuple[int, ...]:
     """Read the rest of ``c`` as big-endian u16 values (a stray odd byte is an error)."""
-    if c.remaining() % 2:
+    n = c.remaining()
+    if n % 2:
         raise ParseError("odd length in a list of 16-bit values")
-    return tuple(c.u16() for _ in range(c.remaining() // 2))
+    return struct.unpack(f"!{n >> 1}H", c.take(n))
 
 
 def _u8_list(c: Cursor) -> tuple[int, ...]:
@@ -216,7 +218,8 @@ def _client_hello_from(c: Cursor) -> ClientHello:
         c.vec8()  # DTLS HelloVerifyRequest cookie
     suites = c.vec16()
     # A stray odd byte is ignored: the vector length keeps the rest in sync.
-    cipher_suites = tuple(suites.u16() for _ in range(suites.remaining() // 2))
+    n = suites.remaining() >> 1
+    cipher_suites = struct.unpack(f"!{n}H", suites.take(2 * n))
     c.vec8()  # compression methods
     exts = _read_extensions(c)
     offered = _salvage(_client_versions, _first(exts, EXT_SUPPORTED_VERSIONS), ())

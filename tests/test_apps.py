@@ -76,7 +76,7 @@ def test_tls_record_start_only_at_a_line_boundary():
 
 
 def _flow() -> Flow:
-    return Flow(b"\x0a\x00\x00\x01\xcb\x00\x71\x07\x9c\x40\x01\xbb", 6, 4, None, 0.0, "tcp_syn")
+    return Flow(b"\x0a\x00\x00\x01\xcb\x00\x71\x07\x9c\x40\x01\xbb", 6, None, 0.0, "tcp_syn")
 
 
 def _seg(seq: int, payload: bytes, flags: int = ACK) -> tuple:
