@@ -276,6 +276,24 @@ def test_fast_path_matches_general_on_a_grid_of_boundaries() -> None:
     for ethertype in (0x0800, 0x0801, 0x0808, 0x0900, 0x1800, 0x86DD, 0x8100, 0x88A8):
         same(ETH_HDR + struct.pack("!H", ethertype) + _grid_packet())
         same(ETH_HDR + struct.pack("!HHH", ethertype, 5, 0x0800) + _grid_packet())
+    # One 802.1Q tag (also inlined): total length x captured length behind the tag.
+    tagged = bytearray(ETH_HDR + struct.pack("!HHH", 0x8100, 0x2005, 0x0800) + _grid_packet())
+    for tot in range(0, 90, 3):
+        tagged[20:22] = struct.pack("!H", tot)
+        for size in range(18, len(tagged) + 1):
+            same(bytes(tagged[:size]))
+    # IPv6 (inlined without extension headers): payload length x next header x size.
+    for nh in (0, 6, 17, 44, 58, 60):
+        for doff in (4, 5, 6, 15):
+            l4 = (struct.pack("!HHIIBBHHH", 1000, 443, 7, 0, doff << 4, 0x18, 100, 0, 0)
+                  if nh != 17 else struct.pack("!HHHH", 53, 53, 16, 0)) + b"\xbb" * 12
+            for plen in range(0, 40):
+                ip6 = struct.pack("!IHBB16s16s", 6 << 28, plen, nh, 64, bytes(15) + b"\1",
+                                  bytes(15) + b"\2") + l4
+                for tags in (b"", struct.pack("!HH", 0x8100, 7)):
+                    frame = ETH_HDR + tags + b"\x86\xdd" + ip6
+                    for size in range(len(frame) - 24, len(frame) + 1):
+                        same(frame[:size])
     assert checked > 100_000
 
 
