@@ -35,7 +35,7 @@ test: install-test
 	$(BIN)/python -m pytest -q
 
 bench: install-test
-	$(BIN)/python benchmarks/bench_replay.py
+	$(BIN)/python benchmarks/bench_replay.py --runs 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
