@@ -147,23 +147,7 @@ def decode_general(frame: bytes, linktype: int) -> Decoded:
 
 
 def _ethernet(frame: bytes) -> Decoded:
-    et = frame[12] << 8 | frame[13]
-    off = 14
-    vlan = None
-    while et in _ETH_VLAN:
-        if vlan is None:
-            vlan = (frame[off] << 8 | frame[off + 1]) & 0x0FFF
-        et = frame[off + 2] << 8 | frame[off + 3]
-        off += 4
-    if et == _ETH_IPV4:
-        return ipv4(frame, off, vlan)
-    if et == _ETH_IPV6:
-        return ipv6(frame, off, vlan)
-    if et in _ETH_MPLS:
-        return _mpls(frame, off, vlan)
-    if et == _ETH_PPPOE:
-        return _pppoe(frame, off, vlan)
-    return (NOT_IP, "ethertype 0x%04x" % et)
+    return _by_ethertype(frame, 14, frame[12] << 8 | frame[13])
 
 
 def _mpls(frame: bytes, off: int, vlan: int | None) -> Decoded:
@@ -218,8 +202,9 @@ def _other_link(frame: bytes, linktype: int) -> Decoded:
 
 
 def _by_ethertype(frame: bytes, off: int, et: int) -> Decoded:
+    """Walk VLAN tags (keeping the outermost id), then dispatch on the ethertype."""
     vlan = None
-    while et in _ETH_VLAN:  # a cooked capture may keep the tag in the payload
+    while et in _ETH_VLAN:  # a cooked capture may keep the tag in the payload too
         if vlan is None:
             vlan = (frame[off] << 8 | frame[off + 1]) & 0x0FFF
         et = frame[off + 2] << 8 | frame[off + 3]
@@ -228,6 +213,10 @@ def _by_ethertype(frame: bytes, off: int, et: int) -> Decoded:
         return ipv4(frame, off, vlan)
     if et == _ETH_IPV6:
         return ipv6(frame, off, vlan)
+    if et in _ETH_MPLS:
+        return _mpls(frame, off, vlan)
+    if et == _ETH_PPPOE:
+        return _pppoe(frame, off, vlan)
     return (NOT_IP, "ethertype 0x%04x" % et)
 
 
