@@ -16,7 +16,7 @@ from . import decode as dec
 from .flows import FlowConfig, FlowTable
 from .inspect import DEFAULT_CAP, Inspection
 from .networks import DEFAULT_INTERNAL, NetworkSet
-from .records import FlowRecord, build
+from .records import Enricher, FlowRecord, build
 
 RecordSink = Callable[[FlowRecord], None]
 HandshakeSink = Callable[[object, float], None]
@@ -44,13 +44,14 @@ class Engine:
     """Decode, track and inspect; emit one record per flow end (and interim ones)."""
 
     def __init__(self, config: EngineConfig | None = None, sink: RecordSink | None = None,
-                 on_handshake: HandshakeSink | None = None):
+                 on_handshake: HandshakeSink | None = None, enrich: Enricher | None = None):
         self.config = config or EngineConfig()
         self.internal = NetworkSet(self.config.internal_networks)
         self.inspection = Inspection(self.config.reassembly_cap) if self.config.inspect else None
         self.table = FlowTable(self.config.flows, self.inspection)
         self.sink = sink or (lambda r: None)
         self.on_handshake = on_handshake
+        self.enrich = enrich
         self.packets = 0
         self.bad: Counter[str] = Counter()          # "malformed", "truncated", ... -> frames
         self.first_issue: dict[str, DecodeIssue] = {}
@@ -104,14 +105,14 @@ class Engine:
 
     def _drain(self) -> None:
         events = self.table.events
-        internal = self.internal
+        internal, enrich = self.internal, self.enrich
         for kind, flow, arg in events:
             if kind == "end":
                 self.records += 1
-                self.sink(build(flow, arg, True, internal))
+                self.sink(build(flow, arg, True, internal, enrich))
             elif kind == "interim":
                 self.records += 1
-                self.sink(build(flow, arg, False, internal))
+                self.sink(build(flow, arg, False, internal, enrich))
             elif self.on_handshake is not None:
                 self.on_handshake(flow, arg)
         events.clear()

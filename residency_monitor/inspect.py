@@ -25,6 +25,8 @@ DEFAULT_CAP = 65536
 class Handshake:
     """What inspection learnt about one flow (read when its record is built)."""
 
+    payload_seen = True  # class-level: the flow carried payload (see AwaitPayload)
+
     __slots__ = ("app", "client_hello", "server_hello", "client_hellos", "server_hellos",
                  "hrr", "tls_error", "decided_at", "note")
 
@@ -193,6 +195,7 @@ class AwaitPayload(Handshake):
     """
 
     __slots__ = ("inspection",)
+    payload_seen = False
 
     def __init__(self, inspection: Inspection):
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,22 @@ class FlowRecord:
     tls_ja4: str | None = None
     icmp_id: int | None = None
     handshake_at: float | None = None
+    payload: bool = False
     notes: list[str] = field(default_factory=list)
+    # Where the destination is, and what the residency policy says (see residency.py)
+    dst_country: str | None = None
+    dst_country_source: str | None = None
+    dst_asn: int | None = None
+    dst_as_org: str | None = None
+    zone: str | None = None
+    classification: str | None = None
+    verdict: str | None = None
+    violations: list[str] = field(default_factory=list)
+    exception: str | None = None
+    exception_expired: str | None = None
+    explanation: str | None = None
+    detected_at: float | None = None
+    detection_latency_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELD_NAMES}
@@ -80,7 +96,12 @@ def _addr(a: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(a) == 4 else socket.AF_INET6, a)
 
 
-def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet) -> FlowRecord:
+#: adds fields to a record being built: (flow, fields so far) -> None (see residency.py)
+Enricher = Callable[[Flow, dict[str, Any]], None]
+
+
+def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet,
+          enrich: Enricher | None = None) -> FlowRecord:
     """Turn a tracked flow (and what inspection found) into its record."""
     key = flow.ckey
     half = (len(key) - 4) >> 1
@@ -103,14 +124,18 @@ def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet) -> Flo
         "client_from": flow.client_from, "icmp_id": icmp_id,
     }
     base.update(_handshake_fields(flow))
+    if enrich is not None:
+        enrich(flow, base)
     return FlowRecord(**base)
 
 
 def _handshake_fields(flow: Flow) -> dict[str, Any]:
     hs = flow.hs
     if hs is None:
-        return {"app": TRANSPORTS[flow.proto] if flow.proto in (1, 58) else "unknown"}
-    out: dict[str, Any] = {"app": hs.app or "unknown", "handshake_at": hs.decided_at}
+        icmp = flow.proto in (1, 58)
+        return {"app": TRANSPORTS[flow.proto] if icmp else "unknown", "payload": True}
+    out: dict[str, Any] = {"app": hs.app or "unknown", "handshake_at": hs.decided_at,
+                           "payload": hs.payload_seen}
     notes = [n for n in (hs.note, hs.tls_error and f"tls parse error: {hs.tls_error}") if n]
     out["notes"] = notes
     ch, sh = hs.client_hello, hs.server_hello

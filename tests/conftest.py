@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,20 @@ def corpus_dir() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"shared corpus not found at {CORPUS} (it sits beside the checkout in CI)")
     return CORPUS
+
+
+BENCH_GENERATOR = SHARED / "bench" / "make_bench_pcap.py"
+BENCH_PACKETS = 100_000
+
+
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory) -> tuple[Path, dict]:
+    """The first 100,000 packets of the office-gateway bench capture, with its truth file."""
+    if not BENCH_GENERATOR.is_file():
+        pytest.skip(f"bench generator not found at {BENCH_GENERATOR} "
+                    "(../shared sits beside the checkout)")
+    out = tmp_path_factory.mktemp("bench") / "bench.pcap"
+    subprocess.run([sys.executable, str(BENCH_GENERATOR), "--packets", str(BENCH_PACKETS),
+                    "--seed", "1", "--out", str(out)], check=True, capture_output=True)
+    truth = json.loads(out.with_name(out.name + ".truth.json").read_text())
+    return out, truth

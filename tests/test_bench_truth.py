@@ -9,31 +9,10 @@ inspector; they are checked in ``test_quic.py`` once that exists.)
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import SHARED
 
 from residency_monitor.engine import Engine
 from residency_monitor.replay import replay
-
-GENERATOR = SHARED / "bench" / "make_bench_pcap.py"
-PACKETS = 100_000
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> tuple[Path, dict]:
-    if not GENERATOR.is_file():
-        pytest.skip(f"bench generator not found at {GENERATOR} "
-                    "(../shared sits beside the checkout)")
-    out = tmp_path_factory.mktemp("bench") / "bench.pcap"
-    subprocess.run([sys.executable, str(GENERATOR), "--packets", str(PACKETS), "--seed", "1",
-                    "--out", str(out)], check=True, capture_output=True)
-    truth = json.loads(out.with_name(out.name + ".truth.json").read_text())
-    return out, truth
 
 
 @pytest.fixture(scope="module")
