@@ -63,6 +63,8 @@ class FlowRecord:
     # Where the destination is, and what the residency policy says (see residency.py)
     dst_country: str | None = None
     dst_country_source: str | None = None
+    dst_country_basis: str | None = None
+    dst_label: str | None = None
     dst_asn: int | None = None
     dst_as_org: str | None = None
     zone: str | None = None
