@@ -2,26 +2,102 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
-from .engine import EngineConfig
+from .engine import Engine, EngineConfig
 from .flows import FlowConfig
+from .geo import GeoConfig, GeoError, Geolocator, existing_default_databases
 from .networks import NetworkSet
 from .output import TableWriter, summary_lines
+from .policy import FlowFacts, Policy, PolicyError, default_policy, explain, load_policy, zone_of
 from .records import FlowRecord
 from .replay import replay, stderr_progress
+from .residency import Residency
 from .sample import SAMPLE_PATH
+from .summary import ComplianceSummary
+
+EXIT_CONFIG = 2  # a bad policy, geo database or option: refused before any work
+
+
+class Refused(click.ClickException):
+    """A configuration error found before any work: exit 2, like a usage error."""
+
+    exit_code = EXIT_CONFIG
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="residency-monitor")
 def main() -> None:
     """Watch where outbound traffic goes, and over which TLS."""
+
+
+def geo_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that choose the geolocation sources (shared by several commands)."""
+    opts = [
+        click.option("--geo-db", "geo_dbs", multiple=True, metavar="MMDB",
+                      type=click.Path(dir_okay=False, path_type=Path),
+                      help="Country/City database (MaxMind, DB-IP or IPinfo format), repeatable, "
+                           "in precedence order. Default: those present in /var/lib/GeoIP and "
+                           "/usr/share/GeoIP."),
+        click.option("--asn-db", "asn_dbs", multiple=True, metavar="MMDB",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="ASN/ISP database, repeatable."),
+        click.option("--geo-override", "overrides", multiple=True, metavar="CIDR=CC[:LABEL]",
+                     help="Locate a network yourself (longest prefix wins over databases)."),
+        click.option("--embedded-geo/--no-embedded-geo", default=True, show_default=True,
+                     help="Fall back to the RIR registry data shipped with iptocc."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(opts), fn)
+
+
+def _geolocator(geo_dbs: tuple[Path, ...], asn_dbs: tuple[Path, ...],
+                overrides: tuple[str, ...], embedded: bool) -> Geolocator:
+    if geo_dbs or asn_dbs:
+        dbs, asns = tuple(map(str, geo_dbs)), tuple(map(str, asn_dbs))
+    else:
+        found = existing_default_databases()
+        dbs, asns = found.country, found.asn
+    config = GeoConfig(databases=dbs, asn_databases=asns, overrides=_overrides(overrides),
+                       embedded=embedded)
+    try:
+        return Geolocator(config)
+    except (GeoError, ValueError) as exc:
+        raise Refused(f"geolocation: {exc}") from None
+
+
+def _overrides(items: tuple[str, ...]) -> tuple[tuple[str, str, str | None], ...]:
+    out = []
+    for item in items:
+        cidr, sep, rest = item.partition("=")
+        country, _, label = rest.partition(":")
+        if not sep or len(country) != 2 or not country.isalpha():
+            raise click.BadParameter(f"{item!r}: expected CIDR=CC[:LABEL]",
+                                     param_hint="--geo-override")
+        out.append((cidr, country.upper(), label or None))
+    return tuple(out)
+
+
+def _policy(path: Path | None) -> Policy:
+    try:
+        return load_policy(path) if path is not None else default_policy()
+    except PolicyError as exc:
+        raise Refused(f"policy refused:\n{exc}") from None
+
+
+def _networks(cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        NetworkSet(cidrs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--internal") from None
+    return cidrs
 
 
 @main.command("replay")
@@ -31,6 +107,9 @@ def main() -> None:
               help="JSON Lines (one flow record per line) or a table for people.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write records here instead of standard output.")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Residency policy (YAML). Default: the Macau PDPA pack.")
+@geo_options
 @click.option("--internal", "internal", multiple=True, metavar="CIDR",
               help="Internal network (repeatable); default: RFC 1918, CGNAT, link-local, ULA, "
                    "loopback.")
@@ -46,15 +125,18 @@ def main() -> None:
               help="Seconds after which a long flow gets an interim record (and goes on).")
 @click.option("--max-flows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Flows tracked at once; beyond it the longest-idle are evicted.")
-@click.option("--quiet", "-q", is_flag=True, help="No summary on standard error.")
+@click.option("--quiet", "-q", is_flag=True, help="No summaries on standard error.")
 def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
-               internal: tuple[str, ...], interim: bool, tcp_idle: float, tcp_closed: float,
-               udp_idle: float, active_timeout: float, max_flows: int, quiet: bool) -> None:
-    """Replay pcap/pcapng files (gzip too) into flow records.
+               policy_path: Path | None, geo_dbs: tuple[Path, ...], asn_dbs: tuple[Path, ...],
+               overrides: tuple[str, ...], embedded_geo: bool, internal: tuple[str, ...],
+               interim: bool, tcp_idle: float, tcp_closed: float, udp_idle: float,
+               active_timeout: float, max_flows: int, quiet: bool) -> None:
+    """Replay pcap/pcapng files (gzip too) into flow records with verdicts.
 
     With no CAPTURES, replays the sample capture bundled with the package.
-    Exit status: 0 done (warnings go to standard error), 3 nothing could be
-    read, 4 some capture could not be opened (the others were replayed).
+    Exit status: 0 done (warnings go to standard error), 2 bad policy,
+    database or option, 3 nothing could be read, 4 some capture could not
+    be opened (the others were replayed).
     """
     paths = list(captures) or [SAMPLE_PATH]
     config = EngineConfig(flows=FlowConfig(
@@ -62,34 +144,149 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
         active=active_timeout, max_flows=max_flows))
     if internal:
         config.internal_networks = _networks(internal)
+    policy = _policy(policy_path)
+    residency = Residency(policy, _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo))
+    compliance = ComplianceSummary(policy_name=policy.name)
     with ExitStack() as stack:
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else sys.stdout
-        if fmt == "table":
-            table = TableWriter(out)
-            write = table.add
-        else:
-            def write(rec: FlowRecord) -> None:
+        table = TableWriter(out) if fmt == "table" else None
+
+        def write(rec: FlowRecord) -> None:
+            compliance.add(rec)
+            if not interim and not rec.final:
+                return
+            if table is not None:
+                table.add(rec)
+            else:
                 out.write(rec.to_json())
                 out.write("\n")
-            table = None
-        sink = write if interim else (lambda r: write(r) if r.final else None)
-        result = replay(paths, sink, config, progress=None if quiet else stderr_progress())
+
+        engine = Engine(config, write, enrich=residency)
+        result = replay(paths, write, progress=None if quiet else stderr_progress(),
+                        engine=engine)
         if table is not None:
             table.close()
+            out.write("\n" + "\n".join(compliance.lines()) + "\n")
     if not quiet:
         for line in summary_lines(result):
             click.echo(line, err=True)
+        if table is None:
+            click.echo("\n".join(compliance.lines()), err=True)
     for msg in result.errors:
         click.echo(f"error: {msg}", err=True)
     sys.exit(result.exit_code)
 
 
-def _networks(cidrs: tuple[str, ...]) -> tuple[str, ...]:
-    try:
-        NetworkSet(cidrs)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--internal") from None
-    return cidrs
+@main.group("policy")
+def policy_group() -> None:
+    """Check residency policies and see how they judge a destination."""
+
+
+@policy_group.command("check")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+def policy_check(files: tuple[Path, ...]) -> None:
+    """Validate policy files; every error is listed with its file, line and key.
+
+    Exit status 0 when all are valid, 1 otherwise (like promtool check).
+    """
+    bad = 0
+    for path in files:
+        try:
+            p = load_policy(path)
+        except PolicyError as exc:
+            bad += 1
+            click.echo(str(exc), err=True)
+            click.echo(f"{path}: REFUSED ({len(exc.errors)} error(s))", err=True)
+            continue
+        click.echo(f"{path}: OK: {p.name} (as of {p.as_of.isoformat()}), {len(p.zones)} zone(s), "
+                   f"{len(p.exceptions)} exception(s), sha256 {p.sha256}")
+    sys.exit(1 if bad else 0)
+
+
+@policy_group.command("explain")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Residency policy (YAML). Default: the Macau PDPA pack.")
+@click.argument("ip")
+@click.option("--sni", help="Server name the client asked for (TLS SNI).")
+@click.option("--zone", "zone_name", help="Judge as if sent from this zone.")
+@click.option("--client", "client_ip", help="Internal client address (instead of --zone).")
+@click.option("--port", type=click.IntRange(0, 65535), default=443, show_default=True)
+@click.option("--app", default="tls", show_default=True,
+              help="Application protocol: tls, quic, http, smtp, dns, unknown ...")
+@click.option("--tls-version", default="TLS 1.3", show_default=True,
+              help='Negotiated version, e.g. "TLS 1.2", or "none" for no handshake seen.')
+@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Judge at this (UTC) time; exception expiry depends on it. Default: now.")
+@geo_options
+def policy_explain(policy_path: Path | None, ip: str, sni: str | None, zone_name: str | None,
+                   client_ip: str | None, port: int, app: str, tls_version: str, at: Any,
+                   geo_dbs: tuple[Path, ...], asn_dbs: tuple[Path, ...],
+                   overrides: tuple[str, ...], embedded_geo: bool) -> None:
+    """Print the decision for a destination IP and the rule that made it."""
+    import datetime as dt
+    import time
+
+    from .policy import tls_version_code
+
+    policy = _policy(policy_path)
+    client = client_ip or _zone_address(policy, zone_name)
+    located = _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo).lookup_str(ip)
+    version = None if tls_version.lower() == "none" else tls_version_code(tls_version)
+    if version is None and tls_version.lower() != "none":
+        raise click.BadParameter(f"unknown TLS version {tls_version!r}",
+                                 param_hint="--tls-version")
+    ts = at.replace(tzinfo=dt.timezone.utc).timestamp() if at else time.time()
+    facts = FlowFacts(
+        client_ip=client, server_ip=ip, server_port=port,
+        transport="udp" if app == "quic" else "tcp", app=app, direction="outbound", ts=ts,
+        tls_version=version, encrypted=app in ("tls", "quic", "ssh") and version is not None,
+        payload=True, sni=sni, country=located.country, country_source=located.source,
+        asn=located.asn)
+    where = located.country or "unlocated"
+    click.echo(f"destination {ip}: {where} (source {located.source}, basis {located.basis}"
+               + (f", AS{located.asn} {located.as_org}" if located.asn else "") + ")")
+    click.echo(explain(facts, policy))
+
+
+def _zone_address(policy: Policy, zone_name: str | None) -> str:
+    """An address inside the named zone (its first network's first host)."""
+    import ipaddress
+
+    if zone_name is None:
+        return "192.168.0.1"
+    for zone in policy.zones:
+        if zone.name == zone_name:
+            net = ipaddress.ip_network(zone.networks[0])
+            return str(net.network_address + (1 if net.num_addresses > 1 else 0))
+    if zone_name == policy.default_zone.name:
+        return "192.168.0.1" if zone_of("192.168.0.1", policy).name == zone_name else "10.0.0.1"
+    names = ", ".join([z.name for z in policy.zones] + [policy.default_zone.name])
+    raise click.BadParameter(f"no zone {zone_name!r} in {policy.name} (zones: {names})",
+                             param_hint="--zone")
+
+
+@main.group("geo")
+def geo_group() -> None:
+    """Geolocation sources."""
+
+
+@geo_group.command("lookup")
+@click.argument("ips", nargs=-1, required=True)
+@geo_options
+def geo_lookup(ips: tuple[str, ...], geo_dbs: tuple[Path, ...], asn_dbs: tuple[Path, ...],
+               overrides: tuple[str, ...], embedded_geo: bool) -> None:
+    """Show what every configured source says about each address."""
+    geo = _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo)
+    for ip in ips:
+        try:
+            result = geo.lookup_str(ip)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="IPS") from None
+        click.echo(f"{ip}: {result.country or 'unlocated'} (source {result.source}, "
+                   f"basis {result.basis})")
+        for source, says in geo.explain(ip):
+            click.echo(f"  {source}: {says}")
 
 
 @main.command("sample")

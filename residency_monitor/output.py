@@ -9,7 +9,8 @@ from .records import FlowRecord
 from .replay import ReplayResult
 
 _COLUMNS = (("start", 19), ("dir", 8), ("proto", 5), ("client", 28), ("server", 28),
-            ("app", 6), ("tls", 7), ("sni", 30), ("out B", 10), ("in B", 10), ("end", 14))
+            ("app", 7), ("tls", 7), ("sni", 28), ("cc", 3), ("verdict", 26), ("out B", 10),
+            ("in B", 10), ("end", 14))
 
 
 def _ts(t: float) -> str:
@@ -22,6 +23,14 @@ def _endpoint(ip: str, port: int) -> str:
 
 def _cut(s: str, width: int) -> str:
     return s if len(s) <= width else s[:width - 1] + "…"
+
+
+def _verdict(r: FlowRecord) -> str:
+    if r.verdict in (None, "not_evaluated"):
+        return ""
+    if r.verdict == "violation":
+        return "VIOLATION " + ",".join(r.violations)
+    return r.verdict if r.verdict != "exempt" else f"exempt ({r.exception})"
 
 
 class TableWriter:
@@ -41,7 +50,8 @@ class TableWriter:
             cells = (_ts(r.ts_start), r.direction, r.transport,
                      _endpoint(r.client_ip, r.client_port), _endpoint(r.server_ip, r.server_port),
                      r.app, (r.tls_version or "").replace("TLS ", ""), r.tls_sni or "",
-                     f"{r.bytes_out:,}", f"{r.bytes_in:,}", r.end_reason)
+                     r.dst_country or "", _verdict(r), f"{r.bytes_out:,}", f"{r.bytes_in:,}",
+                     r.end_reason)
             widths = (w for _, w in _COLUMNS)
             line = "  ".join(_cut(str(c), w).ljust(w) for c, w in zip(cells, widths, strict=True))
             self.out.write(line.rstrip() + "\n")

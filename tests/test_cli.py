@@ -60,10 +60,11 @@ def test_output_file_and_summary(corpus_dir, tmp_path):
 def test_table_format_is_for_people(corpus_dir):
     res = _run("replay", "-q", "--format", "table", str(KYBER))
     assert res.exit_code == 0
-    header, row, total = res.stdout.splitlines()
+    header, row, total, _blank, *summary = res.stdout.splitlines()
     assert header.split()[:3] == ["start", "dir", "proto"]
     assert "lh3.google.com" in row and "142.250.200.14:443" in row and "1.3" in row
     assert total == "1 flows"
+    assert summary[0] == "residency summary (policy macau-pdpa)"
 
 
 def test_gzip_capture_is_read(corpus_dir, tmp_path):

@@ -1,0 +1,97 @@
+"""The residency stage: where each flow's destination is, and what the policy says of it.
+
+It joins mechanism and policy without mixing them: the flow table and the
+inspectors supply facts, ``geo.py`` locates the destination, ``policy.py``
+judges a small :class:`~.policy.FlowFacts`; this module only translates
+between them. It runs once per flow record, never per packet.
+
+Detection time: a verdict is "detected" at the packet that made it possible.
+When the destination alone already decides it (a forbidden or unlocated
+country, known from the first packet) that is the flow's first packet;
+otherwise the packet that completed the handshake (TLS version, SNI); a flow
+whose handshake never completed is decided when it ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .flows import Flow
+from .geo import Geolocator, GeoResult
+from .policy import FlowFacts, Policy, Verdict, evaluate
+
+_ENCRYPTED_APPS = frozenset(("tls", "quic", "ssh"))
+
+
+class Residency:
+    """An enricher for :func:`records.build`: adds destination and verdict fields."""
+
+    def __init__(self, policy: Policy, geo: Geolocator):
+        self.policy = policy
+        self.geo = geo
+
+    def __call__(self, flow: Flow, fields: dict[str, Any]) -> None:
+        located = self._locate(flow, fields["direction"])
+        fields["dst_country"] = located.country
+        fields["dst_country_source"] = located.source
+        fields["dst_country_basis"] = located.basis
+        fields["dst_label"] = located.label
+        fields["dst_asn"] = located.asn
+        fields["dst_as_org"] = located.as_org
+        facts = facts_from(flow, fields, located)
+        verdict = evaluate(facts, self.policy)
+        fields.update(verdict_fields(verdict))
+        if verdict.verdict in ("compliant", "violation", "exempt"):
+            at = self._detected_at(facts, verdict, fields)
+            fields["detected_at"] = at
+            fields["detection_latency_s"] = round(at - fields["ts_start"], 6)
+
+    def _locate(self, flow: Flow, direction: str) -> GeoResult:
+        if direction not in ("outbound", "external"):
+            return _NOWHERE  # the destination is one of ours
+        key = flow.ckey
+        half = (len(key) - 4) >> 1
+        return self.geo.lookup(key[half:2 * half])
+
+    def _detected_at(self, facts: FlowFacts, verdict: Verdict, fields: dict[str, Any]) -> float:
+        """The first packet if the destination alone gives the same verdict, else the handshake."""
+        first = FlowFacts(
+            client_ip=facts.client_ip, server_ip=facts.server_ip,
+            server_port=facts.server_port, transport=facts.transport, app="unknown",
+            direction=facts.direction, ts=fields["ts_start"], payload=False,
+            country=facts.country, country_source=facts.country_source, asn=facts.asn)
+        early = evaluate(first, self.policy)
+        if (early.verdict, early.violations, early.exception) == (
+                verdict.verdict, verdict.violations, verdict.exception):
+            return fields["ts_start"]
+        if fields.get("handshake_at") is not None:
+            return fields["handshake_at"]
+        return fields["ts_end"]
+
+
+_NOWHERE = GeoResult(country=None, source=None, basis=None)
+
+
+def facts_from(flow: Flow, fields: dict[str, Any], located: GeoResult) -> FlowFacts:
+    """The policy's view of a flow record being built."""
+    hs = flow.hs
+    server_hello = getattr(hs, "server_hello", None)
+    app = fields["app"]
+    encrypted = app in _ENCRYPTED_APPS or (getattr(hs, "starttls", False)
+                                           and server_hello is not None)
+    handshake_ts = fields.get("handshake_at")
+    return FlowFacts(
+        client_ip=fields["client_ip"], server_ip=fields["server_ip"],
+        server_port=fields["server_port"], transport=fields["transport"], app=app,
+        direction=fields["direction"],
+        ts=handshake_ts if handshake_ts is not None else fields["ts_start"],
+        tls_version=server_hello.version if server_hello is not None else None,
+        encrypted=encrypted, payload=fields.get("payload", True),
+        sni=fields.get("tls_sni"), country=located.country,
+        country_source=located.source, asn=located.asn)
+
+
+def verdict_fields(v: Verdict) -> dict[str, Any]:
+    return {"zone": v.zone, "classification": v.classification, "verdict": v.verdict,
+            "violations": list(v.violations), "exception": v.exception,
+            "exception_expired": v.exception_expired, "explanation": v.explanation}
