@@ -54,19 +54,35 @@ class Residency:
         return self.geo.lookup(key[half:2 * half])
 
     def _detected_at(self, facts: FlowFacts, verdict: Verdict, fields: dict[str, Any]) -> float:
-        """The first packet if the destination alone gives the same verdict, else the handshake."""
+        """The first packet if the destination alone gives the same violation, else the handshake.
+
+        Only a violation can be known that early: compliance (and an exemption,
+        which also needs the remaining rules to pass) waits for the TLS version.
+        """
+        if verdict.verdict == "violation" and self._decided_by_destination(facts, verdict, fields):
+            return fields["ts_start"]
+        if fields.get("handshake_at") is not None:
+            return fields["handshake_at"]
+        return fields["ts_end"]
+
+    def _decided_by_destination(self, facts: FlowFacts, verdict: Verdict,
+                                fields: dict[str, Any]) -> bool:
+        """Would the first packet's facts alone have given this violation, for certain?
+
+        Not when an exception matching by server name could apply to the zone:
+        a live monitor must then wait for the SNI before it may alert.
+        """
+        if any(e.sni and (e.zones is None or verdict.zone in e.zones)
+               for e in self.policy.exceptions):
+            return False
         first = FlowFacts(
             client_ip=facts.client_ip, server_ip=facts.server_ip,
             server_port=facts.server_port, transport=facts.transport, app="unknown",
             direction=facts.direction, ts=fields["ts_start"], payload=False,
             country=facts.country, country_source=facts.country_source, asn=facts.asn)
         early = evaluate(first, self.policy)
-        if (early.verdict, early.violations, early.exception) == (
-                verdict.verdict, verdict.violations, verdict.exception):
-            return fields["ts_start"]
-        if fields.get("handshake_at") is not None:
-            return fields["handshake_at"]
-        return fields["ts_end"]
+        return (early.verdict, early.violations, early.exception) == (
+            verdict.verdict, verdict.violations, verdict.exception)
 
 
 _NOWHERE = GeoResult(country=None, source=None, basis=None)
