@@ -1,4 +1,4 @@
-"""``policy check``, ``policy explain``, ``geo lookup`` and ``replay --policy`` from the command line."""
+"""The policy, geo and replay --policy commands, as an admin runs them."""
 
 from __future__ import annotations
 
