@@ -289,6 +289,25 @@ def geo_lookup(ips: tuple[str, ...], geo_dbs: tuple[Path, ...], asn_dbs: tuple[P
             click.echo(f"  {source}: {says}")
 
 
+@geo_group.command("status")
+@geo_options
+def geo_status(geo_dbs: tuple[Path, ...], asn_dbs: tuple[Path, ...], overrides: tuple[str, ...],
+               embedded_geo: bool) -> None:
+    """List the geolocation sources in use, with their build date and age."""
+    import datetime as dt
+    import time
+
+    geo = _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo)
+    for st in geo.status(time.time()):
+        built = (dt.datetime.fromtimestamp(st.build_epoch, dt.timezone.utc).strftime("%Y-%m-%d")
+                 if st.build_epoch else "-")
+        age = f"{st.age_seconds / 86400:.1f} days" if st.age_seconds is not None else "-"
+        click.echo(f"{st.name}: kind {st.kind}, type {st.database_type or '-'}, built {built}, "
+                   f"age {age}" + (f", ERROR {st.error}" if st.error else ""))
+    if overrides:
+        click.echo(f"overrides: {len(overrides)} network(s)")
+
+
 @main.command("sample")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=SAMPLE_PATH,
               show_default=True, help="Where to write the sample capture.")

@@ -119,3 +119,14 @@ def test_replay_records_carry_verdicts():
     assert (us["dst_country"], us["dst_country_source"], us["violations"]) == (
         "US", "rir", ["residency"])
     assert us["explanation"].startswith("zone default (personal)")
+
+
+def test_geo_status_shows_build_date_and_age():
+    city = SHARED / "geo" / "GeoLite2-City-Test.mmdb"
+    if not city.exists():
+        pytest.skip(f"MaxMind test databases not found at {city.parent} (../shared)")
+    res = _run("geo", "status", "--geo-db", str(city))
+    assert res.exit_code == 0
+    first, rir = res.stdout.splitlines()
+    assert "kind city" in first and "GeoLite2-City" in first and "built 20" in first
+    assert "days" in first and rir.startswith("rir (iptocc)")
