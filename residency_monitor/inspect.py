@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import apps, tls
+from . import apps, quic, tls
 from .flows import RST, SYN, Flow
 from .reassembly import StreamBuffer
 from .wire import ParseError
@@ -218,11 +218,12 @@ class UdpProbe(Handshake):
     will hang their own per-flow inspectors on this decision.
     """
 
-    __slots__ = ("_results",)
+    __slots__ = ("_results", "errors")
 
-    def __init__(self) -> None:
+    def __init__(self, errors: Counter) -> None:
         super().__init__()
         self._results: dict[str, Handshake] = {}
+        self.errors = errors
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
         plen = d[7]
@@ -231,13 +232,60 @@ class UdpProbe(Handshake):
         off = d[6]
         key = flow.ckey
         cport, sport = key[-4] << 8 | key[-3], key[-2] << 8 | key[-1]
-        app = apps.detect_udp(frame[off:off + plen], cport, sport)
+        payload = frame[off:off + plen]
+        app = apps.detect_udp(payload, cport, sport)
+        if app == "quic":
+            real = QuicInspector(self.errors)
+            flow.insp = flow.hs = real
+            return real.feed(flow, from_client, ts, d, frame)
         result = self._results.get(app)
         if result is None:
             result = self._results[app] = Handshake()
             result.app = app
         flow.hs = result
         return True
+
+
+class QuicInspector(Handshake):
+    """Decrypts a QUIC flow's Initial packets until both hellos are read (see ``quic.py``).
+
+    The hellos go through the same TLS parser as over TCP, and the flow gets
+    one record with its TLS fields: QUIC is not counted twice.
+    """
+
+    __slots__ = ("quic", "errors")
+
+    def __init__(self, errors: Counter):
+        super().__init__()
+        self.app = "quic"
+        self.quic = quic.QuicHandshake()
+        self.errors = errors
+
+    def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
+        plen = d[7]
+        if plen <= 0:
+            return False
+        off = d[6]
+        q = self.quic
+        done = q.feed(frame[off:off + plen], from_client)
+        if self.client_hello is None and q.client_hello is not None:
+            self.client_hello, self.client_hellos = q.client_hello, 1
+        if q.server_hello is not None and self.server_hello is None:
+            if q.server_hello.hello_retry_request:
+                self.hrr = True
+            else:
+                self.server_hello, self.decided_at = q.server_hello, ts
+        if done:
+            if q.error and q.server_hello is None:
+                self.errors["quic"] += 1
+                self.note = f"quic: {q.error}"
+            if self.decided_at is None:
+                self.decided_at = ts
+        return done
+
+    @property
+    def quic_version(self) -> int | None:
+        return self.quic.version
 
 
 class Inspection:
@@ -247,7 +295,7 @@ class Inspection:
         self.cap = cap
         self.errors: Counter[str] = Counter()
         self._await_payload = AwaitPayload(self)
-        self._udp = UdpProbe()
+        self._udp = UdpProbe(self.errors)
 
     def __call__(self, flow: Flow, client_port: int,
                  server_port: int) -> AwaitPayload | UdpProbe | None:

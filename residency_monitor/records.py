@@ -16,6 +16,7 @@ from typing import Any
 from . import fingerprint
 from .flows import Flow
 from .networks import NetworkSet, direction
+from .quic import version_name as quic_version_name
 from .tls_names import cipher_name, version_name
 
 TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
@@ -56,6 +57,7 @@ class FlowRecord:
     tls_ja3: str | None = None
     tls_ja3s: str | None = None
     tls_ja4: str | None = None
+    quic_version: str | None = None
     icmp_id: int | None = None
     handshake_at: float | None = None
     payload: bool = False
@@ -150,6 +152,9 @@ def _handshake_fields(flow: Flow) -> dict[str, Any]:
         j = fingerprint.ja3s(sh)
         out["tls_ja3s"] = j[1] if j else None
     out["tls_hrr"] = hs.hrr
+    version = getattr(hs, "quic_version", None)
+    if version is not None:
+        out["quic_version"] = quic_version_name(version)
     return out
 
 

@@ -3,8 +3,9 @@
 ``../shared/bench/make_bench_pcap.py`` writes a capture with an exact per-flow
 ground truth. Every flow's packets and IP bytes per direction, its endpoints,
 VLAN and times must match exactly; SNI and negotiated TLS version must match
-for every TLS-over-TCP flow. (QUIC handshakes are decrypted by the QUIC
-inspector; they are checked in ``test_quic.py`` once that exists.)
+for every TLS flow, over TCP and over QUIC (whose Initial packets are
+decrypted). SMTP's STARTTLS sessions are checked against tshark in
+``test_golden_corpus.py``.
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ def test_tls_over_tcp_matches_truth(bench, records):
     checked, bad = 0, []
     for f in truth["flows"]:
         tls = f.get("tls")
-        if f["app"] != "tls" or not tls:  # SMTP STARTTLS: see test_plaintext.py
+        if f["app"] not in ("tls", "quic") or not tls:
             continue
         r = ours[_truth_key(f)]
         version = tls.get("negotiated_version")
         want_version = f"TLS {version}" if version else None
-        assert r.app == "tls"
+        assert r.app == f["app"]
+        if f["app"] == "quic":
+            assert r.quic_version == "QUICv1" and r.tls_ja4.startswith("q13")
         complete = tls.get("client_hello_complete", True)
         if complete and (r.tls_sni, r.tls_version) != (tls["sni"], want_version):
             bad.append((_truth_key(f), r.tls_sni, tls["sni"], r.tls_version, want_version))

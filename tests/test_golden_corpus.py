@@ -1,6 +1,6 @@
 """Golden tests: every corpus capture replayed, compared with tshark's oracle.
 
-For each TLS-over-TCP connection tshark found, our flow record must carry the
+For each TLS connection tshark found (over TCP or QUIC), our flow record must carry the
 same SNI, negotiated and offered versions, ALPN, chosen cipher, JA3, JA3S and
 JA4. Where we knowingly disagree with tshark the case is listed in
 ``DISAGREEMENTS`` with who is right and why; such an entry must still
@@ -61,7 +61,7 @@ def _expected(conn: dict) -> dict:
 
 
 def _tls_conns(path: Path) -> list[dict]:
-    return [c for c in oracle(path)["tls_connections"] if c["protocol"] == "tls"]
+    return [c for c in oracle(path)["tls_connections"] if c["protocol"] in ("tls", "quic")]
 
 
 @pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
@@ -84,7 +84,7 @@ def test_tls_metadata_agrees_with_tshark(corpus_dir, path: Path):
     disagreements = []
     for conn in _tls_conns(path):
         rec = _find(recs, conn)
-        assert rec.app == "tls" or conn.get("plaintext_protocols_in_stream"), rec
+        assert rec.app == conn["protocol"] or conn.get("plaintext_protocols_in_stream"), rec
         for field, want in _expected(conn).items():
             got = getattr(rec, field)
             known = DISAGREEMENTS.get((path.name, conn["client_port"], field))
