@@ -45,12 +45,11 @@ Semantics, in the order :func:`evaluate` applies them:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
@@ -58,10 +57,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from yaml.constructor import SafeConstructor
 
 from .networks import PrefixMap
 from .tls_names import version_name
+from .yamlcheck import ConfigError, Issue, NodeReader, compose, join_path, kind, suggest
 
 __all__ = [
     "COUNTRY_CODES", "EEA_COUNTRIES", "EU_MEMBERS", "RULES", "VERDICTS", "Classification",
@@ -228,26 +227,11 @@ class Policy:
     _zone_map: PrefixMap[tuple[Zone, str]] = field(default_factory=PrefixMap, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyIssue:
-    """One problem in a policy file. ``line`` is 1-based (0: the file as a whole)."""
-
-    file: str
-    line: int
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+PolicyIssue = Issue
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigError):
     """A policy file was refused; ``errors`` lists every problem found."""
-
-    def __init__(self, errors: list[PolicyIssue]):
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +239,6 @@ class PolicyError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 _TAG = "tag:yaml.org,2002:"
-_MERGE_TAG = _TAG + "merge"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _APP_RE = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,31}\Z")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
@@ -275,138 +258,8 @@ _PLAINTEXT_CHOICES = ("allow", "forbid")
 _UNLOCATED_CHOICES = ("violation", "allow")
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(node: yaml.Node) -> str:
-    """How a node reads to a person, for "expected X, got Y" messages."""
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    names = {"null": "nothing", "bool": "true/false", "int": "a number", "float": "a number",
-             "timestamp": "a date", "str": f"text {node.value!r}"}
-    return names.get(node.tag.removeprefix(_TAG), f"a value tagged {node.tag}")
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class _Reader:
-    """Walks the composed node tree, recording issues instead of raising.
-
-    Nodes rather than constructed Python values, because only nodes know their
-    line; and because a country code is read from the scalar's text, so that an
-    unquoted ``NO`` (Norway) is not turned into ``False`` by YAML 1.1.
-    """
-
-    def __init__(self, source: str):
-        self.source = source
-        self.issues: list[PolicyIssue] = []
-        self._ctor = SafeConstructor()
-
-    def error(self, node: yaml.Node | None, key: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 0
-        self.issues.append(PolicyIssue(self.source, line, key, message))
-
-    def wrong_type(self, node: yaml.Node, key: str, expected: str) -> None:
-        self.error(node, key, f"expected {expected}, got {_kind(node)}")
-
-    # -- containers ------------------------------------------------------------------------
-
-    def mapping(self, node: yaml.Node, path: str,
-                keys: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, yaml.Node] | None:
-        """The mapping's values by key; unknown, duplicate and missing keys reported."""
-        if not isinstance(node, yaml.MappingNode):
-            self.wrong_type(node, path or "(document)", "a mapping")
-            return None
-        required, optional = keys
-        out: dict[str, yaml.Node] = {}
-        for name, (key_node, value) in self.entries(node, path).items():
-            if name in required or name in optional:
-                out[name] = value
-            else:
-                self.error(key_node, _join(path, name),
-                           f"unknown key {name!r}{_suggest(name, required + optional)}")
-        for name in required:
-            if name not in out:
-                self.error(node, _join(path, name), f"missing required key {name!r}")
-        return out
-
-    def entries(self, node: yaml.MappingNode,
-                path: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """Key -> (key node, value node), YAML merge keys (``<<``) applied, duplicates reported.
-
-        Keys brought in by a merge may be overridden by the mapping's own keys (that is what
-        merging is for); the mapping's own keys may not repeat.
-        """
-        pairs = list(node.value)
-        own = {id(k) for k, _ in pairs if k.tag != _MERGE_TAG}
-        if len(own) != len(pairs):
-            try:
-                self._ctor.flatten_mapping(node)
-                pairs = list(node.value)
-            except yaml.MarkedYAMLError as exc:
-                self.error(node, path, f"bad merge key: {exc.problem}")
-                pairs = [(k, v) for k, v in pairs if id(k) in own]
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        seen_own: set[str] = set()
-        for key_node, value in pairs:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.wrong_type(key_node, path, "a key name")
-                continue
-            name = key_node.value
-            if id(key_node) in own:
-                if name in seen_own:
-                    self.error(key_node, _join(path, name), f"duplicate key {name!r}")
-                    continue
-                seen_own.add(name)
-            out[name] = (key_node, value)
-        return out
-
-    def seq(self, node: yaml.Node, path: str, nonempty: bool = False) -> list[yaml.Node] | None:
-        if not isinstance(node, yaml.SequenceNode):
-            self.wrong_type(node, path, "a list")
-            return None
-        if nonempty and not node.value:
-            self.error(node, path, "must not be empty")
-            return None
-        return list(node.value)
-
-    def each(self, node: yaml.Node, path: str, read: Callable[[yaml.Node, str], T | None],
-             nonempty: bool = False) -> list[T | None] | None:
-        """Every item read with ``read(item, path)`` (None for an item that failed)."""
-        nodes = self.seq(node, path, nonempty)
-        if nodes is None:
-            return None
-        return [read(item, f"{path}[{i}]") for i, item in enumerate(nodes)]
-
-    def items(self, node: yaml.Node, path: str, read: Callable[[yaml.Node, str], T | None],
-              nonempty: bool = False) -> list[T] | None:
-        """Every item read with ``read(item, path)``; None if the list or any item failed."""
-        values = self.each(node, path, read, nonempty)
-        if values is None or None in values:
-            return None
-        return [v for v in values if v is not None]
-
-    # -- scalars ---------------------------------------------------------------------------
-
-    def scalar(self, node: yaml.Node, path: str, expected: str) -> str | None:
-        """The scalar's source text; lists, mappings and empty values are wrong types."""
-        if not isinstance(node, yaml.ScalarNode) or node.tag == _TAG + "null":
-            self.wrong_type(node, path, expected)
-            return None
-        return node.value
-
-    def text(self, node: yaml.Node, path: str) -> str | None:
-        value = self.scalar(node, path, "text")
-        if value is not None and not value.strip():
-            self.error(node, path, "must not be empty")
-            return None
-        return value.strip() if value is not None else None
+class _Reader(NodeReader):
+    """The policy's own value kinds, on top of the generic node reader."""
 
     def name(self, node: yaml.Node, path: str) -> str | None:
         value = self.scalar(node, path, "a name")
@@ -421,13 +274,6 @@ class _Reader:
         if value is not None and not _APP_RE.match(value):
             self.error(node, path, f"bad app name {value!r}: lower-case, as flow records spell "
                                    "it (e.g. ntp, icmp)")
-            return None
-        return value
-
-    def choice(self, node: yaml.Node, path: str, choices: Sequence[str]) -> str | None:
-        value = self.scalar(node, path, "one of " + ", ".join(choices))
-        if value is not None and value not in choices:
-            self.error(node, path, f"expected one of {', '.join(choices)}, got {value!r}")
             return None
         return value
 
@@ -482,28 +328,13 @@ class _Reader:
         if node.tag != _TAG + "int":
             digits = raw.upper().removeprefix("AS")
             hint = f"; write the number: {digits}" if digits.isdigit() else ""
-            self.error(node, path, f"expected an AS number, got {_kind(node)}{hint}")
+            self.error(node, path, f"expected an AS number, got {kind(node)}{hint}")
             return None
         value = self._ctor.construct_yaml_int(node)
         if not 0 <= value < 2**32:
             self.error(node, path, f"AS number {value} out of range (0 to 4294967295)")
             return None
         return value
-
-    def network(self, node: yaml.Node, path: str) -> str | None:
-        raw = self.scalar(node, path, "a network (CIDR)")
-        if raw is None:
-            return None
-        try:
-            return str(ipaddress.ip_network(raw, strict=True))
-        except ValueError as exc:
-            try:
-                loose = ipaddress.ip_network(raw, strict=False)
-                message = f"bad CIDR {raw!r}: host bits set (the network is {loose})"
-            except ValueError:
-                message = f"bad CIDR {raw!r}: {exc}"
-        self.error(node, path, message)
-        return None
 
     def sni_pattern(self, node: yaml.Node, path: str) -> str | None:
         """A host name, or ``*.`` and a domain (matching its sub-domains, not itself)."""
@@ -535,6 +366,8 @@ class _Reader:
             return None
         sign = -1 if m[1] == "-" else 1
         return sign * timedelta(hours=int(m[2]), minutes=int(m[3]))
+
+
 
 
 def _is_host_name(name: str) -> bool:
@@ -580,19 +413,19 @@ def _read_classification(r: _Reader, node: yaml.Node, path: str,
     if m is None:
         return None
     p_node = m.get("permitted_countries")
-    permitted = (r.each(p_node, _join(path, "permitted_countries"),
+    permitted = (r.each(p_node, join_path(path, "permitted_countries"),
                         functools.partial(r.country, star=True)) if p_node else None)
     conditional = (_read_conditional(r, m["conditional_countries"],
-                                     _join(path, "conditional_countries"))
+                                     join_path(path, "conditional_countries"))
                    if "conditional_countries" in m else [])
-    min_tls = r.tls(m["min_tls"], _join(path, "min_tls")) if "min_tls" in m else None
-    plaintext = (r.choice(m["plaintext"], _join(path, "plaintext"), _PLAINTEXT_CHOICES)
+    min_tls = r.tls(m["min_tls"], join_path(path, "min_tls")) if "min_tls" in m else None
+    plaintext = (r.choice(m["plaintext"], join_path(path, "plaintext"), _PLAINTEXT_CHOICES)
                  if "plaintext" in m else "forbid")
-    unlocated = (r.choice(m["unlocated"], _join(path, "unlocated"), _UNLOCATED_CHOICES)
+    unlocated = (r.choice(m["unlocated"], join_path(path, "unlocated"), _UNLOCATED_CHOICES)
                  if "unlocated" in m else "violation")
-    otherwise = r.text(m["otherwise"], _join(path, "otherwise")) if "otherwise" in m else ""
+    otherwise = r.text(m["otherwise"], join_path(path, "otherwise")) if "otherwise" in m else ""
     if "description" in m:
-        r.text(m["description"], _join(path, "description"))
+        r.text(m["description"], join_path(path, "description"))
     lists_ok = (p_node is not None and permitted is not None and conditional is not None
                 and _check_country_lists(r, p_node, path, permitted, conditional))
     if not lists_ok or None in (permitted, conditional, min_tls, plaintext, unlocated,
@@ -613,8 +446,8 @@ def _read_conditional(r: _Reader, node: yaml.Node,
         return None
     out: list[tuple[str, str, yaml.Node]] = []
     for code, (key_node, value) in r.entries(node, path).items():
-        country = r.country(key_node, _join(path, code), star=True)
-        text = r.text(value, _join(path, code))
+        country = r.country(key_node, join_path(path, code), star=True)
+        text = r.text(value, join_path(path, code))
         if country is not None and text is not None:
             out.append((country, text, key_node))
     return out
@@ -629,7 +462,7 @@ def _check_country_lists(r: _Reader, p_node: yaml.Node, path: str,
     """
     ok = None not in permitted
     if "*" in permitted and len(permitted) > 1:
-        r.error(p_node, _join(path, "permitted_countries"),
+        r.error(p_node, join_path(path, "permitted_countries"),
                 "'*' already permits every country: list nothing else")
         ok = False
     seen: set[str] = set()
@@ -656,7 +489,7 @@ def _read_classifications(r: _Reader, node: yaml.Node) -> dict[str, Classificati
     out: dict[str, Classification] = {}
     ok = True
     for cname, (key_node, value) in r.entries(node, "classifications").items():
-        path = _join("classifications", cname)
+        path = join_path("classifications", cname)
         cls = (_read_classification(r, value, path, cname)
                if r.name(key_node, path) is not None else None)
         if cls is None:
@@ -688,20 +521,20 @@ def _read_zone(r: _Reader, node: yaml.Node, path: str,
                keys: tuple[tuple[str, ...], tuple[str, ...]],
                class_names: set[str] | None) -> _ZoneDraft:
     m = r.mapping(node, path, keys) or {}
-    name = r.name(m["name"], _join(path, "name")) if "name" in m else None
+    name = r.name(m["name"], join_path(path, "name")) if "name" in m else None
     n_node = m.get("networks")
-    networks = (r.each(n_node, _join(path, "networks"), r.network, nonempty=True)
+    networks = (r.each(n_node, join_path(path, "networks"), r.network, nonempty=True)
                 if n_node is not None else [])
-    cls = (r.name(m["classification"], _join(path, "classification"))
+    cls = (r.name(m["classification"], join_path(path, "classification"))
            if "classification" in m else None)
     if cls is not None and class_names is not None and cls not in class_names:
-        r.error(m["classification"], _join(path, "classification"),
-                f"unknown classification {cls!r}{_suggest(cls, class_names)} "
+        r.error(m["classification"], join_path(path, "classification"),
+                f"unknown classification {cls!r}{suggest(cls, class_names)} "
                 f"(defined: {', '.join(sorted(class_names))})")
         cls = None
-    owner = r.text(m["owner"], _join(path, "owner")) if "owner" in m else ""
+    owner = r.text(m["owner"], join_path(path, "owner")) if "owner" in m else ""
     if "description" in m:
-        r.text(m["description"], _join(path, "description"))
+        r.text(m["description"], join_path(path, "description"))
     items = getattr(n_node, "value", [])
     valid = [(i, net, items[i]) for i, net in enumerate(networks or []) if net]
     complete = (name is not None and networks is not None and None not in networks
@@ -756,7 +589,7 @@ def _read_match(r: _Reader, node: yaml.Node, path: str) -> dict[str, list] | Non
                                 + ", ".join(_MATCH_KINDS))
         return None
     readers = {"sni": r.sni_pattern, "cidr": r.network, "asn": r.asn, "country": r.country}
-    out = {kind: r.items(value, _join(path, kind), readers[kind], nonempty=True)
+    out = {kind: r.items(value, join_path(path, kind), readers[kind], nonempty=True)
            for kind, value in m.items()}
     return {k: v for k, v in out.items() if v is not None} if None not in out.values() else None
 
@@ -765,7 +598,7 @@ def _read_waives(r: _Reader, node: yaml.Node, path: str) -> list[str] | None:
     def rule(item: yaml.Node, item_path: str) -> str | None:
         value = r.scalar(item, item_path, "a rule name")
         if value is not None and value not in RULES:
-            r.error(item, item_path, f"unknown rule {value!r}{_suggest(value, RULES)}: "
+            r.error(item, item_path, f"unknown rule {value!r}{suggest(value, RULES)}: "
                                      f"rules are {', '.join(RULES)}")
             return None
         return value
@@ -777,7 +610,7 @@ def _read_exception_zones(r: _Reader, node: yaml.Node, path: str,
     def zone(item: yaml.Node, item_path: str) -> str | None:
         value = r.name(item, item_path)
         if value is not None and value not in zone_names:
-            r.error(item, item_path, f"unknown zone {value!r}{_suggest(value, zone_names)} "
+            r.error(item, item_path, f"unknown zone {value!r}{suggest(value, zone_names)} "
                                      f"(zones: {', '.join(sorted(zone_names))})")
             return None
         return value
@@ -790,15 +623,15 @@ def _read_exception(r: _Reader, node: yaml.Node, path: str,
     m = r.mapping(node, path, _EXC_KEYS)
     if m is None:
         return None, None
-    ident = r.name(m["id"], _join(path, "id")) if "id" in m else None
-    match = _read_match(r, m["match"], _join(path, "match")) if "match" in m else None
-    zones = (_read_exception_zones(r, m["zones"], _join(path, "zones"), zone_names)
+    ident = r.name(m["id"], join_path(path, "id")) if "id" in m else None
+    match = _read_match(r, m["match"], join_path(path, "match")) if "match" in m else None
+    zones = (_read_exception_zones(r, m["zones"], join_path(path, "zones"), zone_names)
              if "zones" in m else [])
-    waives = (_read_waives(r, m["waives"], _join(path, "waives")) if "waives" in m
+    waives = (_read_waives(r, m["waives"], join_path(path, "waives")) if "waives" in m
               else ["residency"])
-    reason = r.text(m["reason"], _join(path, "reason")) if "reason" in m else None
-    owner = r.text(m["owner"], _join(path, "owner")) if "owner" in m else None
-    expires = r.date(m["expires"], _join(path, "expires")) if "expires" in m else None
+    reason = r.text(m["reason"], join_path(path, "reason")) if "reason" in m else None
+    owner = r.text(m["owner"], join_path(path, "owner")) if "owner" in m else None
+    expires = r.date(m["expires"], join_path(path, "expires")) if "expires" in m else None
     if (ident is None or match is None or zones is None or waives is None or reason is None
             or owner is None or expires is None):
         return ident, None
@@ -838,27 +671,6 @@ def _read_exceptions(r: _Reader, node: yaml.Node,
     return out if ok and isinstance(node, yaml.SequenceNode) else None
 
 
-def _compose(r: _Reader, text: str) -> yaml.Node | None:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        r.issues.append(PolicyIssue(r.source, line, "", f"YAML syntax error: {problem}"))
-        return None
-    except yaml.YAMLError as exc:
-        r.issues.append(PolicyIssue(r.source, 0, "", f"YAML syntax error: {exc}"))
-        return None
-    except RecursionError:
-        r.issues.append(PolicyIssue(r.source, 0, "", "YAML nested too deeply"))
-        return None
-    if root is None:
-        r.issues.append(PolicyIssue(r.source, 0, "", "empty file: expected a policy mapping "
-                                                     "(policy, default_zone, classifications)"))
-    return root
-
-
 def _build(r: _Reader, root: yaml.Node, source: str, sha256: str) -> Policy | None:
     top = r.mapping(root, "", _TOP_KEYS)
     if top is None:
@@ -896,7 +708,7 @@ def parse_policy(text: str | bytes, source_name: str = "<policy>") -> Policy:
         decoded = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError([PolicyIssue(source_name, 0, "", f"not UTF-8 text: {exc}")]) from None
-    root = _compose(r, decoded)
+    root = compose(r, decoded, "expected a policy mapping (policy, default_zone, classifications)")
     policy = _build(r, root, source_name, hashlib.sha256(data).hexdigest()) if root else None
     if policy is None:
         raise PolicyError(sorted(r.issues, key=lambda i: i.line))
