@@ -145,7 +145,8 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
     if internal:
         config.internal_networks = _networks(internal)
     policy = _policy(policy_path)
-    residency = Residency(policy, _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo))
+    residency = Residency(policy, _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo),
+                          NetworkSet(config.internal_networks))
     compliance = ComplianceSummary(policy_name=policy.name)
     with ExitStack() as stack:
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else sys.stdout

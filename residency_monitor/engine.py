@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import decode as dec
-from .flows import FlowConfig, FlowTable
+from .flows import Flow, FlowConfig, FlowTable
 from .inspect import DEFAULT_CAP, Inspection
 from .networks import DEFAULT_INTERNAL, NetworkSet
 from .records import Enricher, FlowRecord, build
 
 RecordSink = Callable[[FlowRecord], None]
-HandshakeSink = Callable[[object, float], None]
+#: (flow, packet time, stage) where stage is "first_packet" or "handshake": a live judge
+LiveJudge = Callable[[Flow, float, str], None]
 
 
 @dataclass
@@ -44,13 +45,14 @@ class Engine:
     """Decode, track and inspect; emit one record per flow end (and interim ones)."""
 
     def __init__(self, config: EngineConfig | None = None, sink: RecordSink | None = None,
-                 on_handshake: HandshakeSink | None = None, enrich: Enricher | None = None):
+                 live: LiveJudge | None = None, enrich: Enricher | None = None):
         self.config = config or EngineConfig()
         self.internal = NetworkSet(self.config.internal_networks)
         self.inspection = Inspection(self.config.reassembly_cap) if self.config.inspect else None
         self.table = FlowTable(self.config.flows, self.inspection)
         self.sink = sink or (lambda r: None)
-        self.on_handshake = on_handshake
+        self.live = live
+        self.table.emit_new = live is not None
         self.enrich = enrich
         self.packets = 0
         self.bad: Counter[str] = Counter()          # "malformed", "truncated", ... -> frames
@@ -113,8 +115,8 @@ class Engine:
             elif kind == "interim":
                 self.records += 1
                 self.sink(build(flow, arg, False, internal, enrich))
-            elif self.on_handshake is not None:
-                self.on_handshake(flow, arg)
+            elif self.live is not None:
+                self.live(flow, arg, "first_packet" if kind == "new" else "handshake")
         events.clear()
 
     @property

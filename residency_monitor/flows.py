@@ -108,7 +108,7 @@ def client_is_sender(proto: int, a: int, sport: int, dport: int) -> tuple[bool, 
     return True, "first_packet"
 
 
-Event = tuple  # ("end" | "interim" | "handshake", Flow, reason or ts)
+Event = tuple  # ("new" | "handshake" | "end" | "interim", Flow, ts or end reason)
 
 
 class FlowTable:
@@ -123,6 +123,7 @@ class FlowTable:
         self.count = 0
         self.events: list[Event] = []
         self.next_sweep = 0.0
+        self.emit_new = False  # a live monitor wants ("new", flow, ts) to judge first packets
         self.stats = {"flows_created": 0, "flows_evicted": 0, "fragments": 0,
                       "orphan_fragments": 0, "port_reuse": 0}
 
@@ -177,6 +178,8 @@ class FlowTable:
         table[rkey] = f
         self.count += 1
         self.stats["flows_created"] += 1
+        if self.emit_new:
+            self.events.append(("new", f, ts))
         if self._inspector is not None:
             cport, sport2 = (sport, dport) if sender_client else (dport, sport)
             f.insp = self._inspector(f, cport, sport2)

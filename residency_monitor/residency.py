@@ -14,11 +14,14 @@ whose handshake never completed is decided when it ends.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from .flows import Flow
 from .geo import Geolocator, GeoResult
+from .networks import NetworkSet, direction
 from .policy import FlowFacts, Policy, Verdict, evaluate
+from .records import TRANSPORTS
 
 _ENCRYPTED_APPS = frozenset(("tls", "quic", "ssh"))
 
@@ -26,9 +29,11 @@ _ENCRYPTED_APPS = frozenset(("tls", "quic", "ssh"))
 class Residency:
     """An enricher for :func:`records.build`: adds destination and verdict fields."""
 
-    def __init__(self, policy: Policy, geo: Geolocator):
+    def __init__(self, policy: Policy, geo: Geolocator,
+                 internal: NetworkSet | None = None):
         self.policy = policy
         self.geo = geo
+        self.internal = internal or NetworkSet()
 
     def __call__(self, flow: Flow, fields: dict[str, Any]) -> None:
         located = self._locate(flow, fields["direction"])
@@ -45,6 +50,27 @@ class Residency:
             at = self._detected_at(facts, verdict, fields)
             fields["detected_at"] = at
             fields["detection_latency_s"] = round(at - fields["ts_start"], 6)
+
+    def judge_live(self, flow: Flow, ts: float, stage: str) -> tuple[Verdict, FlowFacts] | None:
+        """A violation known at this packet (the flow's first, or its handshake), else None.
+
+        The live daemon alerts on it at once instead of waiting for the flow
+        to end. At the first packet only a violation the destination alone
+        decides counts (see :meth:`_decided_by_destination`).
+        """
+        fields = _live_fields(flow, self.internal)
+        if fields["direction"] != "outbound":
+            return None
+        located = self._locate(flow, "outbound")
+        facts = facts_from(flow, fields, located)
+        if stage == "first_packet":
+            facts = _first_packet_facts(facts, fields["ts_start"])
+        verdict = evaluate(facts, self.policy)
+        if verdict.verdict != "violation":
+            return None
+        if stage == "first_packet" and not self._decided_by_destination(facts, verdict, fields):
+            return None
+        return verdict, facts
 
     def _locate(self, flow: Flow, direction: str) -> GeoResult:
         if direction not in ("outbound", "external"):
@@ -75,17 +101,43 @@ class Residency:
         if any(e.sni and (e.zones is None or verdict.zone in e.zones)
                for e in self.policy.exceptions):
             return False
-        first = FlowFacts(
-            client_ip=facts.client_ip, server_ip=facts.server_ip,
-            server_port=facts.server_port, transport=facts.transport, app="unknown",
-            direction=facts.direction, ts=fields["ts_start"], payload=False,
-            country=facts.country, country_source=facts.country_source, asn=facts.asn)
-        early = evaluate(first, self.policy)
+        early = evaluate(_first_packet_facts(facts, fields["ts_start"]), self.policy)
         return (early.verdict, early.violations, early.exception) == (
             verdict.verdict, verdict.violations, verdict.exception)
 
 
 _NOWHERE = GeoResult(country=None, source=None, basis=None)
+
+
+def _first_packet_facts(facts: FlowFacts, ts: float) -> FlowFacts:
+    """What the first packet alone shows: endpoints and destination, nothing of the payload."""
+    return FlowFacts(
+        client_ip=facts.client_ip, server_ip=facts.server_ip, server_port=facts.server_port,
+        transport=facts.transport, app="unknown", direction=facts.direction, ts=ts,
+        payload=False, country=facts.country, country_source=facts.country_source,
+        asn=facts.asn)
+
+
+def _live_fields(flow: Flow, internal: NetworkSet) -> dict[str, Any]:
+    """The record fields the policy needs, for a flow still in progress."""
+    key = flow.ckey
+    half = (len(key) - 4) >> 1
+    caddr, saddr = key[:half], key[half:2 * half]
+    hs = flow.hs
+    ch = getattr(hs, "client_hello", None)
+    return {
+        "client_ip": _ntop(caddr), "server_ip": _ntop(saddr),
+        "server_port": key[-2] << 8 | key[-1], "transport": TRANSPORTS.get(flow.proto, "ip"),
+        "app": (getattr(hs, "app", None) or "unknown"),
+        "direction": direction(caddr in internal, saddr in internal),
+        "ts_start": flow.ts_first, "ts_end": flow.ts_last,
+        "handshake_at": getattr(hs, "decided_at", None),
+        "payload": getattr(hs, "payload_seen", True), "tls_sni": ch.sni if ch else None,
+    }
+
+
+def _ntop(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
 
 
 def facts_from(flow: Flow, fields: dict[str, Any], located: GeoResult) -> FlowFacts:

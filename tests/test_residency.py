@@ -199,3 +199,25 @@ def test_bench_verdicts_match_an_independent_computation(bench, bench_country_db
             assert r.dst_country == f["server_country"] and r.dst_country_source == "maxmind"
     assert mismatches == []
     assert counted["violation"] > 100 and counted["not_evaluated"] > 100
+
+
+def test_live_judge_decides_at_the_deciding_packet():
+    """What the daemon alerts on: a violation as soon as the packet that decides it is seen."""
+    residency = Residency(default_policy(), Geolocator(GeoConfig()))
+    decided: dict[str, tuple[str, float, tuple[str, ...]]] = {}
+
+    def live(flow, ts, stage):
+        hit = residency.judge_live(flow, ts, stage)
+        if hit is not None:
+            verdict, facts = hit
+            decided.setdefault(facts.server_ip, (stage, ts, verdict.violations))
+
+    recs: list[FlowRecord] = []
+    replay([SAMPLE_PATH], recs.append, engine=Engine(sink=recs.append, live=live))
+    by_ip = {r.server_ip: r for r in recs if r.final}
+    us = _expected("us-crm")["server_ip"]
+    assert decided[us] == ("first_packet", by_ip[us].ts_start, ("residency",))
+    mo = _expected("mo-bank")["server_ip"]
+    assert mo not in decided                                # compliant: nothing to alert
+    assert _expected("nas-https")["server_ip"] not in decided   # internal
+    assert len(decided) == 9   # the nine outbound violations of the sample, none twice
