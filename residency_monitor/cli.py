@@ -178,6 +178,78 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
     sys.exit(result.exit_code)
 
 
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (YAML). Default: embedded defaults.")
+@click.option("--interface", "-i", "interfaces", multiple=True, metavar="IFACE",
+              help="Capture on this interface (repeatable). Default: the default route's.")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Residency policy (YAML), instead of the configuration's.")
+@click.option("--web.listen-address", "listen", metavar="[ADDR]:PORT",
+              help="Where /metrics is served (default 127.0.0.1:8749).")
+@click.option("--log.format", "log_format", type=click.Choice(["auto", "json", "text"]),
+              help="Log format (auto: JSON unless standard error is a terminal).")
+def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: Path | None,
+            listen: str | None, log_format: str | None) -> None:
+    """Monitor live traffic: verdicts, Prometheus metrics, Alertmanager alerts.
+
+    Exit status: 0 stopped by a signal, 2 configuration error (config,
+    policy, geolocation database, metrics address), 3 capture could not
+    start (no such interface, no CAP_NET_RAW).
+    """
+    import dataclasses
+
+    from .config import ConfigError, load_config
+    from .daemon import Daemon, StartupError, setup_logging
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise Refused(f"configuration refused:\n{exc}") from None
+    changes: dict[str, Any] = {}
+    if interfaces:
+        changes["capture"] = dataclasses.replace(config.capture, interfaces=interfaces)
+    if policy_path:
+        changes["policy"] = str(policy_path)
+    if listen:
+        changes["metrics"] = _listen(config.metrics, listen)
+    config = dataclasses.replace(config, **changes)
+    setup_logging(log_format or config.log_format, config.log_level)
+    policy = _policy(Path(config.policy) if config.policy else None)
+    try:
+        geo = Geolocator(_with_default_databases(config.geo))
+    except (GeoError, ValueError) as exc:
+        raise Refused(f"geolocation: {exc}") from None
+    daemon = Daemon(config, policy, geo)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        click.echo(f"residency-monitor: {exc}", err=True)
+        sys.exit(exc.code)
+    daemon.install_signals()
+    sys.exit(daemon.run())
+
+
+def _listen(metrics: Any, listen: str) -> Any:
+    import dataclasses
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{listen!r}: expected [ADDR]:PORT",
+                                 param_hint="--web.listen-address")
+    return dataclasses.replace(metrics, listen_address=host.strip("[]") or "0.0.0.0",
+                               port=int(port))
+
+
+def _with_default_databases(geo: GeoConfig) -> GeoConfig:
+    import dataclasses
+
+    if geo.databases or geo.asn_databases:
+        return geo
+    found = existing_default_databases()
+    return dataclasses.replace(geo, databases=found.country, asn_databases=found.asn)
+
+
 @main.group("policy")
 def policy_group() -> None:
     """Check residency policies and see how they judge a destination."""

@@ -1,0 +1,264 @@
+"""The gateway daemon: live capture, verdicts, metrics, alerts, until told to stop.
+
+A thin driver around the same :class:`~.engine.Engine` as replay. The capture
+loop runs in the main thread; the metrics endpoint and the Alertmanager
+sender run in their own threads and only read counters or take finished
+alerts, so a scrape or an unreachable Alertmanager never stalls capture.
+Signals only set flags (uvicorn's pattern): SIGHUP reloads the policy and
+geolocation databases, SIGTERM/SIGINT stop cleanly (flush open flows,
+deliver pending alerts within a bounded wait); a second SIGTERM/SIGINT
+stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__, sdnotify
+from .alerts import AlertmanagerClient, ViolationAlert
+from .capture.live import LiveCapture, LiveCaptureError, LiveConfig
+from .config import Config
+from .engine import Engine, EngineConfig
+from .exporter import Exporter
+from .flows import Flow
+from .geo import Geolocator
+from .metrics import Metrics
+from .networks import NetworkSet
+from .policy import FlowFacts, Policy, PolicyError, Verdict, default_policy, load_policy
+from .records import FlowRecord
+from .residency import Residency
+from .tls_names import version_name
+
+EXIT_OK, EXIT_CONFIG, EXIT_CAPTURE = 0, 2, 3
+READ_TIMEOUT = 0.2          # seconds a capture read may wait: also the loop's idle tick
+SHUTDOWN_ALERT_WAIT = 5.0   # seconds to deliver pending alerts when stopping
+SEVERE = frozenset(("personal", "sensitive"))
+
+log = logging.getLogger("residency_monitor")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; ``code`` is its exit status (see systemd's RestartPrevent)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Flags:
+    """Set by signal handlers, read by the loop: handlers do nothing else."""
+
+    stop: bool = False
+    reload: bool = False
+    forced: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    """Everything ``residency-monitor run`` holds, wired together."""
+
+    def __init__(self, config: Config, policy: Policy, geo: Geolocator):
+        self.config = config
+        self.policy = policy
+        self.geo = geo
+        self.flags = Flags()
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry, build_version=__version__)
+        self.residency = Residency(policy, geo, NetworkSet(config.internal_networks))
+        self.engine = Engine(EngineConfig(flows=config.flows,
+                                          internal_networks=config.internal_networks),
+                             sink=self._record, live=self._live, enrich=self.residency)
+        self.capture = LiveCapture(LiveConfig(
+            interfaces=config.capture.interfaces, bpf=config.capture.bpf,
+            rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous))
+        self.alerts = self._alert_client()
+        self.exporter = Exporter(
+            self.registry, address=config.metrics.listen_address, port=config.metrics.port,
+            certfile=config.metrics.tls_cert_file, keyfile=config.metrics.tls_key_file,
+            client_cafile=config.metrics.client_ca_file, landing=self._landing, logger=log)
+        self.records_out: TextIO | None = None
+        self.metrics.policy_loaded(policy, "success")
+
+    # -- wiring ------------------------------------------------------------------------
+    def _alert_client(self) -> AlertmanagerClient | None:
+        am = self.config.alertmanager
+        if not am.urls:
+            return None
+        return AlertmanagerClient(
+            list(am.urls), queue_size=am.queue_size, timeout=am.timeout,
+            resend_interval=am.resend_interval, resolve_after=am.resolve_after,
+            extra_labels=dict(am.labels), ca_file=am.ca_file, cert_file=am.cert_file,
+            key_file=am.key_file, bearer_token_file=am.bearer_token_file,
+            basic_auth=((am.basic_auth_username, am.basic_auth_password_file)
+                        if am.basic_auth_username else None),
+            on_delivered=self._delivered, logger=log)
+
+    def _landing(self) -> dict[str, Any]:
+        return {"version": __version__, "policy": self.policy.name,
+                "policy_sha256": self.policy.sha256,
+                "interfaces": ", ".join(self.capture.interfaces)}
+
+    def _delivered(self, _identity: object, detected_at: float, accepted_at: float) -> None:
+        self.metrics.observe_alert_delivered(max(0.0, accepted_at - detected_at))
+
+    # -- per flow event (never per packet) ---------------------------------------------
+    def _record(self, rec: FlowRecord) -> None:
+        if rec.final:
+            self.metrics.observe_record(rec)
+        if self.records_out is not None:
+            self.records_out.write(rec.to_json() + "\n")
+
+    def _live(self, flow: Flow, ts: float, stage: str) -> None:
+        hit = self.residency.judge_live(flow, ts, stage)
+        if hit is None:
+            return
+        verdict, facts = hit
+        self.metrics.observe_verdict(ts - flow.ts_first)
+        if self.alerts is not None:
+            for alert in violation_alerts(flow, verdict, facts, ts, self.policy):
+                self.alerts.submit(alert)
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.capture.open()
+        except LiveCaptureError as exc:
+            raise StartupError(EXIT_CAPTURE, f"capture: {exc}") from None
+        try:
+            self.exporter.start()
+        except OSError as exc:
+            self.capture.close()
+            raise StartupError(EXIT_CONFIG, f"metrics endpoint: {exc}") from None
+        if self.config.records:
+            self.records_out = open(  # noqa: SIM115 (closed in stop())
+                self.config.records, "a", encoding="utf-8", buffering=1)
+        if self.alerts is not None:
+            self.alerts.start()
+        self.metrics.attach(engine=self.engine, capture_stats=self.capture.stats, geo=self.geo,
+                            alerts=self.alerts)
+        log.info("started", extra={"event": "start", "interfaces": list(self.capture.interfaces),
+                                   "policy": self.policy.name, "sha256": self.policy.sha256,
+                                   "metrics": f"{self.config.metrics.listen_address}:"
+                                              f"{self.exporter.port}"})
+        sdnotify.ready(f"capturing on {', '.join(self.capture.interfaces)}")
+
+    def run(self) -> int:
+        """The capture loop; returns the exit status."""
+        watchdog = sdnotify.watchdog_interval()
+        last_ping = last_geo = 0.0
+        while not self.flags.stop:
+            frames = self.capture.read(READ_TIMEOUT)
+            if frames:
+                self.engine.run(frames)
+            now = time.time()
+            self.engine.advance(now)  # kernel timestamps are wall-clock: time may pass idly
+            if self.flags.reload:
+                self.flags.reload = False
+                self.reload()
+            if now - last_geo >= self.config.geo.reload_check_interval:
+                last_geo = now
+                for message in self.geo.maybe_reload(now):
+                    log.warning(message, extra={"event": "geo_reload"})
+            if watchdog and now - last_ping >= watchdog / 2:
+                last_ping = now
+                sdnotify.watchdog()
+        return self.stop()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the policy (a bad one is refused, the old stays) and the databases."""
+        sdnotify.reloading()
+        path = self.config.policy
+        try:
+            policy = load_policy(path) if path else default_policy()
+        except PolicyError as exc:
+            self.metrics.policy_loaded(self.policy, "failure")
+            log.error("policy reload refused; the running policy stays in force",
+                      extra={"event": "policy_reload", "result": "failure",
+                             "errors": [str(e) for e in exc.errors]})
+        else:
+            self.policy = self.residency.policy = policy
+            self.metrics.policy_loaded(policy, "success")
+            log.info("policy reloaded", extra={"event": "policy_reload", "result": "success",
+                                               "policy": policy.name, "sha256": policy.sha256})
+        for message in self.geo.reload():
+            log.warning(message, extra={"event": "geo_reload"})
+        sdnotify.ready("reloaded")
+
+    def stop(self) -> int:
+        sdnotify.stopping()
+        self.capture.close()
+        self.engine.finish()
+        if self.alerts is not None:
+            self.alerts.close(SHUTDOWN_ALERT_WAIT)
+        self.exporter.stop()
+        if self.records_out is not None:
+            self.records_out.close()
+        log.info("stopped", extra={"event": "stop", "packets": self.engine.packets,
+                                   "records": self.engine.records})
+        return EXIT_OK
+
+    def install_signals(self) -> None:
+        def stop(signum: int, _frame: object) -> None:
+            if self.flags.stop:  # a second signal: stop now, without flushing
+                sys.exit(128 + signum)
+            self.flags.stop = True
+
+        def hup(_signum: int, _frame: object) -> None:
+            self.flags.reload = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+
+def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
+                     policy: Policy) -> list[ViolationAlert]:
+    """One alert per violated rule; identity = (rule, zone, country, destination)."""
+    destination = facts.sni or facts.server_ip
+    annotations = {
+        "client": f"{facts.client_ip}", "server": f"{facts.server_ip}:{facts.server_port}",
+        "sni": facts.sni or "", "app": facts.app,
+        "tls_version": version_name(facts.tls_version) if facts.tls_version else "",
+        "bytes_so_far": str(flow.by_c + flow.by_s), "explanation": verdict.explanation,
+        "policy": f"{policy.name} ({policy.sha256[:12]})",
+    }
+    if verdict.exception_expired:
+        annotations["exception_hint"] = f"exception {verdict.exception_expired} has expired"
+    return [ViolationAlert(
+        rule=rule, zone=verdict.zone or "default", classification=verdict.classification or "",
+        country=facts.country or "unlocated", destination=destination,
+        severity="critical" if verdict.classification in SEVERE else "warning",
+        starts_at=flow.ts_first, detected_at=ts, annotations=annotations)
+        for rule in verdict.violations]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what journald and log shippers want off a terminal."""
+
+    _SKIP = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "msg": record.getMessage()}
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._SKIP})
+        return json.dumps(out, default=str)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler.setFormatter(JsonFormatter() if use_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("residency_monitor")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
