@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests drive for real: tshark (cross-checks), tcpdump (benchmark floor)
-DEB_PACKAGES := tshark tcpdump
+# Debian packages the tests drive for real: tshark (cross-checks), tcpdump (benchmark floor),
+# prometheus + prometheus-alertmanager (end-to-end), tcpreplay, libpcap (BPF), iproute2 (netns),
+# systemd (systemd-analyze checks the unit)
+DEB_PACKAGES := tshark tcpdump prometheus prometheus-alertmanager tcpreplay libpcap0.8 iproute2 systemd
 
 .PHONY: run test install install-test deb-packages bench clean
 
