@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from . import __version__, sdnotify
-from .alerts import AlertmanagerClient, ViolationAlert
+from .alerts import AlertBook, AlertmanagerClient, ViolationAlert
 from .capture.live import LiveCapture, LiveCaptureError, LiveConfig
 from .config import Config
 from .engine import Engine, EngineConfig
@@ -80,7 +80,7 @@ class Daemon:
         self.capture = LiveCapture(LiveConfig(
             interfaces=config.capture.interfaces, bpf=config.capture.bpf,
             rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous))
-        self.alerts = self._alert_client()
+        self.alerts: AlertmanagerClient | None = None   # started in start()
         self.exporter = Exporter(
             self.registry, address=config.metrics.listen_address, port=config.metrics.port,
             certfile=config.metrics.tls_cert_file, keyfile=config.metrics.tls_key_file,
@@ -93,14 +93,18 @@ class Daemon:
         am = self.config.alertmanager
         if not am.urls:
             return None
-        return AlertmanagerClient(
-            list(am.urls), queue_size=am.queue_size, timeout=am.timeout,
-            resend_interval=am.resend_interval, resolve_after=am.resolve_after,
-            extra_labels=dict(am.labels), ca_file=am.ca_file, cert_file=am.cert_file,
-            key_file=am.key_file, bearer_token_file=am.bearer_token_file,
-            basic_auth=((am.basic_auth_username, am.basic_auth_password_file)
-                        if am.basic_auth_username else None),
-            on_delivered=self._delivered, logger=log)
+        book = AlertBook(resend_interval=am.resend_interval, resolve_after=am.resolve_after,
+                         extra_labels=dict(am.labels))
+        try:
+            return AlertmanagerClient(
+                list(am.urls), book=book, queue_size=am.queue_size, timeout=am.timeout,
+                ca_file=am.ca_file, client_cert=am.cert_file, client_key=am.key_file,
+                bearer_token_file=am.bearer_token_file,
+                basic_auth_username=am.basic_auth_username,
+                basic_auth_password_file=am.basic_auth_password_file,
+                on_delivered=self._delivered, logger=log)
+        except ValueError as exc:
+            raise StartupError(EXIT_CONFIG, f"alertmanager: {exc}") from None
 
     def _landing(self) -> dict[str, Any]:
         return {"version": __version__, "policy": self.policy.name,
@@ -138,11 +142,15 @@ class Daemon:
         except OSError as exc:
             self.capture.close()
             raise StartupError(EXIT_CONFIG, f"metrics endpoint: {exc}") from None
+        try:
+            self.alerts = self._alert_client()
+        except StartupError:
+            self.exporter.stop()
+            self.capture.close()
+            raise
         if self.config.records:
             self.records_out = open(  # noqa: SIM115 (closed in stop())
                 self.config.records, "a", encoding="utf-8", buffering=1)
-        if self.alerts is not None:
-            self.alerts.start()
         self.metrics.attach(engine=self.engine, capture_stats=self.capture.stats, geo=self.geo,
                             alerts=self.alerts)
         log.info("started", extra={"event": "start", "interfaces": list(self.capture.interfaces),
