@@ -17,6 +17,11 @@ STARTTLS_APPS = {"smtp": (b"STARTTLS",), "imap": (b"STARTTLS",), "pop3": (b"STLS
                  "ftp": (b"AUTH TLS", b"AUTH SSL")}
 #: bytes of plaintext per side after which a session is taken not to upgrade
 STARTTLS_WINDOW = 16384
+#: client commands that send personal data before any upgrade: the session is plaintext
+PLAINTEXT_COMMITS = {"smtp": (b"MAIL FROM", b"AUTH ", b"RCPT TO", b"DATA\r\n"),
+                     "imap": (b" LOGIN ", b" AUTHENTICATE ", b" SELECT "),
+                     "pop3": (b"USER ", b"PASS ", b"APOP ", b"AUTH "),
+                     "ftp": (b"USER ", b"PASS ")}
 
 _HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"CONNECT ",
                  b"PATCH ", b"TRACE ", b"PROPFIND ", b"PROPPATCH ", b"MKCOL ", b"COPY ",
@@ -131,3 +136,9 @@ def tls_record_start(data: bytes, after: int) -> int | None:
         if i == 0 or data[i - 1] == 0x0A:
             return i
         i += 1
+
+
+def committed_plaintext(app: str, client: bytes) -> bool:
+    """Has the client already sent credentials or a message in clear, before any upgrade?"""
+    upper = client.upper()
+    return any(cmd in upper for cmd in PLAINTEXT_COMMITS.get(app, ()))

@@ -28,6 +28,7 @@ class CaptureSettings:
     bpf: str = DEFAULT_FILTER
     rcvbuf_bytes: int = 64 << 20
     promiscuous: bool = False
+    netns: str | None = None                   # capture on interfaces of this network namespace
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Config:
 
 _TOP = ((), ("capture", "internal_networks", "flows", "policy", "geo", "metrics",
              "alertmanager", "records", "log"))
-_CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous"))
+_CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns"))
 _FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows"))
 _GEO = ((), ("databases", "asn_databases", "overrides", "embedded", "reload_check_seconds"))
 _OVERRIDE = (("network", "country"), ("label",))
@@ -128,7 +129,8 @@ def _capture(r: _Reader, top: dict) -> CaptureSettings:
         bpf=_get(r, m, "capture", "bpf", r.text, d.bpf),
         rcvbuf_bytes=_get(r, m, "capture", "rcvbuf_bytes",
                           lambda n, p: r.integer(n, p, 1 << 16, 1 << 31), d.rcvbuf_bytes),
-        promiscuous=_get(r, m, "capture", "promiscuous", r.boolean, d.promiscuous))
+        promiscuous=_get(r, m, "capture", "promiscuous", r.boolean, d.promiscuous),
+        netns=_get(r, m, "capture", "netns", r.text, None))
 
 
 def _flows(r: _Reader, top: dict) -> FlowConfig:

@@ -79,7 +79,8 @@ class Daemon:
                              sink=self._record, live=self._live, enrich=self.residency)
         self.capture = LiveCapture(LiveConfig(
             interfaces=config.capture.interfaces, bpf=config.capture.bpf,
-            rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous))
+            rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous,
+            netns=config.capture.netns))
         self.alerts: AlertmanagerClient | None = None   # started in start()
         self.exporter = Exporter(
             self.registry, address=config.metrics.listen_address, port=config.metrics.port,
@@ -118,6 +119,11 @@ class Daemon:
     def _record(self, rec: FlowRecord) -> None:
         if rec.final:
             self.metrics.observe_record(rec)
+            if rec.verdict == "violation" and self.alerts is not None:
+                # Most violations were alerted live; this catches those only a flow's end
+                # shows (no handshake ever completed). Re-raising one is a no-op refresh.
+                for alert in record_alerts(rec, self.policy):
+                    self.alerts.submit(alert)
         if self.records_out is not None:
             self.records_out.write(rec.to_json() + "\n")
 
@@ -230,8 +236,16 @@ class Daemon:
 
 def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
                      policy: Policy) -> list[ViolationAlert]:
-    """One alert per violated rule; identity = (rule, zone, country, destination)."""
-    destination = facts.sni or facts.server_ip
+    """One alert per violated rule; identity = (rule, zone, country, destination address).
+
+    The destination is the server's address, not its name: the address is
+    known at the first packet, the name only after the ClientHello, and an
+    alert's identity must not change between the two (it would become two
+    alerts). Alertmanager groups them by rule, zone and country (see
+    configs/alertmanager), so a SaaS behind many addresses is one notification;
+    the server name is an annotation.
+    """
+    destination = facts.server_ip
     annotations = {
         "client": f"{facts.client_ip}", "server": f"{facts.server_ip}:{facts.server_port}",
         "sni": facts.sni or "", "app": facts.app,
@@ -247,6 +261,25 @@ def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
         severity="critical" if verdict.classification in SEVERE else "warning",
         starts_at=flow.ts_first, detected_at=ts, annotations=annotations)
         for rule in verdict.violations]
+
+
+def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
+    """Alerts for a finished flow's violations, with the same identity as the live ones."""
+    annotations = {
+        "client": rec.client_ip, "server": f"{rec.server_ip}:{rec.server_port}",
+        "sni": rec.tls_sni or "", "app": rec.app, "tls_version": rec.tls_version or "",
+        "bytes_so_far": str(rec.bytes_out + rec.bytes_in), "explanation": rec.explanation or "",
+        "policy": f"{policy.name} ({policy.sha256[:12]})",
+    }
+    if rec.exception_expired:
+        annotations["exception_hint"] = f"exception {rec.exception_expired} has expired"
+    return [ViolationAlert(
+        rule=rule, zone=rec.zone or "default", classification=rec.classification or "",
+        country=rec.dst_country or "unlocated", destination=rec.server_ip,
+        severity="critical" if rec.classification in SEVERE else "warning",
+        starts_at=rec.ts_start, detected_at=rec.detected_at or rec.ts_end,
+        annotations=annotations)
+        for rule in rec.violations]
 
 
 class JsonFormatter(logging.Formatter):

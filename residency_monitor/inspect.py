@@ -99,7 +99,8 @@ class TcpInspector(Handshake):
         cdata, sdata = self._data(1), self._data(0)
         at = apps.find_starttls(self.app or "", cdata)
         if at is None:
-            if len(cdata) > apps.STARTTLS_WINDOW or len(sdata) > apps.STARTTLS_WINDOW:
+            if (apps.committed_plaintext(self.app or "", cdata)
+                    or len(cdata) > apps.STARTTLS_WINDOW or len(sdata) > apps.STARTTLS_WINDOW):
                 return self._finish(ts, None)
             return False
         cstart = apps.tls_record_start(cdata, at)
