@@ -251,7 +251,7 @@ def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
         "sni": facts.sni or "", "app": facts.app,
         "tls_version": version_name(facts.tls_version) if facts.tls_version else "",
         "bytes_so_far": str(flow.by_c + flow.by_s), "explanation": verdict.explanation,
-        "policy": f"{policy.name} ({policy.sha256[:12]})",
+        "policy": f"{policy.name} ({policy.sha256[:12]})", "detected_at": _rfc3339(ts),
     }
     if verdict.exception_expired:
         annotations["exception_hint"] = f"exception {verdict.exception_expired} has expired"
@@ -270,6 +270,7 @@ def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
         "sni": rec.tls_sni or "", "app": rec.app, "tls_version": rec.tls_version or "",
         "bytes_so_far": str(rec.bytes_out + rec.bytes_in), "explanation": rec.explanation or "",
         "policy": f"{policy.name} ({policy.sha256[:12]})",
+        "detected_at": _rfc3339(rec.detected_at or rec.ts_end),
     }
     if rec.exception_expired:
         annotations["exception_hint"] = f"exception {rec.exception_expired} has expired"
@@ -280,6 +281,13 @@ def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
         starts_at=rec.ts_start, detected_at=rec.detected_at or rec.ts_end,
         annotations=annotations)
         for rule in rec.violations]
+
+
+def _rfc3339(ts: float) -> str:
+    """Packet time as RFC 3339 UTC with microseconds (the deciding packet's kernel time)."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 class JsonFormatter(logging.Formatter):

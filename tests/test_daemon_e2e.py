@@ -186,6 +186,7 @@ def test_daemon_end_to_end(pair, sample_replay_file, alertmanager: Alertmanager,
         assert crm.annotations["server"] == "13.107.42.14:443"
         starts = _epoch(crm.starts_at)
         assert started - 1 <= starts <= replayed + 1   # the first packet's kernel time
+        assert starts <= _epoch(crm.annotations["detected_at"]) <= replayed + 1
         first_alert = min(a.received_at for a in pushed)
         assert first_alert - started < 10
 
