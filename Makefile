@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README.md):
-#   make run   install, then replay the bundled sample capture into a flow table
+#   make run   install, then run the daemon on embedded defaults (default route's interface)
 #   make test  install what the tests need (Debian packages too), then run the tests
+# and: make replay (the bundled sample as a flow table with verdicts), make bench
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # systemd (systemd-analyze checks the unit)
 DEB_PACKAGES := tshark tcpdump prometheus prometheus-alertmanager tcpreplay libpcap0.8 iproute2 systemd
 
-.PHONY: run test install install-test deb-packages bench clean
+.PHONY: run replay test install install-test deb-packages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ deb-packages:
 	fi
 
 run: install
+	$(SUDO) $(BIN)/residency-monitor run
+
+replay: install
 	$(BIN)/residency-monitor replay --format table
 
 test: install-test
@@ -38,6 +42,9 @@ test: install-test
 
 bench: install-test
 	$(BIN)/python benchmarks/bench_replay.py --runs 3
+	$(BIN)/python benchmarks/bench_residency.py --runs 3
+	$(BIN)/python benchmarks/bench_live.py
+	$(BIN)/python benchmarks/bench_alerts.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
