@@ -227,13 +227,11 @@ class UdpProbe(Handshake):
         self.errors = errors
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
-        plen = d[7]
-        if plen <= 0:
+        payload = _payload(d, frame)
+        if not payload:
             return False
-        off = d[6]
         key = flow.ckey
         cport, sport = key[-4] << 8 | key[-3], key[-2] << 8 | key[-1]
-        payload = frame[off:off + plen]
         app = apps.detect_udp(payload, cport, sport)
         if app == "quic":
             real = QuicInspector(self.errors)
@@ -263,12 +261,11 @@ class QuicInspector(Handshake):
         self.errors = errors
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
-        plen = d[7]
-        if plen <= 0:
+        payload = _payload(d, frame)
+        if not payload:
             return False
-        off = d[6]
         q = self.quic
-        done = q.feed(frame[off:off + plen], from_client)
+        done = q.feed(payload, from_client)
         if self.client_hello is None and q.client_hello is not None:
             self.client_hello, self.client_hellos = q.client_hello, 1
         if q.server_hello is not None and self.server_hello is None:
@@ -287,6 +284,12 @@ class QuicInspector(Handshake):
     @property
     def quic_version(self) -> int | None:
         return self.quic.version
+
+
+def _payload(d: tuple, frame: bytes) -> bytes:
+    """The transport payload of a decoded packet, as far as the frame holds it."""
+    plen = d[7]
+    return frame[d[6]:d[6] + plen] if plen > 0 else b""
 
 
 class Inspection:
