@@ -12,6 +12,9 @@ from .tls import looks_like_tls
 
 UNKNOWN = "unknown"
 
+#: protocols that carry what they carry in the clear (unless upgraded with STARTTLS)
+PLAINTEXT_APPS = frozenset(("http", "ftp", "smtp", "pop3", "imap", "telnet", "ldap"))
+
 #: protocols that may upgrade to TLS in-band, and the client command that asks for it
 STARTTLS_APPS = {"smtp": (b"STARTTLS",), "imap": (b"STARTTLS",), "pop3": (b"STLS",),
                  "ftp": (b"AUTH TLS", b"AUTH SSL")}
@@ -47,6 +50,8 @@ def detect_tcp(client: bytes, server: bytes, server_port: int) -> str | None:
             return found
         if server.startswith(b"HTTP/1."):
             return "http"
+    if _looks_like_ldap(client):
+        return "ldap"
     if client and client[0] == 0xFF and len(client) > 1 and client[1] in _TELNET_CMDS:
         return "telnet"
     if server and server[0] == 0xFF and len(server) > 1 and server[1] in _TELNET_CMDS:
@@ -142,3 +147,34 @@ def committed_plaintext(app: str, client: bytes) -> bool:
     """Has the client already sent credentials or a message in clear, before any upgrade?"""
     upper = client.upper()
     return any(cmd in upper for cmd in PLAINTEXT_COMMITS.get(app, ()))
+
+
+def _looks_like_ldap(data: bytes) -> bool:
+    """An LDAPMessage: SEQUENCE, a short messageID INTEGER, then an application tag (RFC 4511)."""
+    if len(data) < 7 or data[0] != 0x30:
+        return False
+    long_form = data[1] & 0x7F if data[1] & 0x80 else 0   # bytes of a long-form length
+    pos = 2 + long_form
+    if long_form > 4 or pos + 2 >= len(data) or data[pos] != 0x02:
+        return False
+    id_len = data[pos + 1]
+    tag_at = pos + 2 + id_len
+    return 1 <= id_len <= 4 and tag_at < len(data) and 0x60 <= data[tag_at] <= 0x7F
+
+
+def http_request(client: bytes) -> tuple[str, str | None] | None:
+    """The first request's method and Host header (lower-case, no port), from a client stream."""
+    end = client.find(b"\r\n\r\n")
+    head = client[:end if end >= 0 else 4096]
+    line, _, rest = head.partition(b"\r\n")
+    method = line.split(b" ", 1)[0]
+    if not method or not method.isalpha() or not method.isupper():
+        return None
+    host = None
+    for header in rest.split(b"\r\n"):
+        name, sep, value = header.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            raw = value.strip().decode("ascii", "replace").lower()
+            host = raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw.strip("[]")
+            break
+    return method.decode("ascii"), host

@@ -45,7 +45,8 @@ class Handshake:
 class TcpInspector(Handshake):
     """Reassembles both directions' first bytes and parses the handshake."""
 
-    __slots__ = ("bufs", "done_side", "server_port", "cap", "errors", "tls_start", "starttls")
+    __slots__ = ("bufs", "done_side", "server_port", "cap", "errors", "tls_start", "starttls",
+                 "http")
 
     def __init__(self, server_port: int, cap: int, errors: Counter):
         super().__init__()
@@ -56,6 +57,7 @@ class TcpInspector(Handshake):
         self.errors = errors
         self.tls_start: list[int] | None = None  # where TLS begins in [server, client] data
         self.starttls = False
+        self.http: tuple[str, str | None] | None = None   # first request's (method, host)
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
         flags, seq, plen = d[4], d[5], d[7]
@@ -172,6 +174,8 @@ class TcpInspector(Handshake):
         return False
 
     def _finish(self, ts: float, note: str | None) -> bool:
+        if self.app == "http":
+            self.http = apps.http_request(self._data(1))
         if self.decided_at is None:
             self.decided_at = ts
         if note and not self.note:

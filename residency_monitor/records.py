@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fingerprint
+from .apps import PLAINTEXT_APPS
 from .flows import Flow
 from .networks import NetworkSet, direction
 from .quic import version_name as quic_version_name
@@ -53,6 +54,11 @@ class FlowRecord:
     tls_alpn_chosen: str | None = None
     tls_cipher: str | None = None
     tls_ech: bool = False
+    tls_sni_outer: str | None = None
+    starttls: bool = False
+    plaintext: bool = False
+    http_method: str | None = None
+    http_host: str | None = None
     tls_hrr: bool = False
     tls_ja3: str | None = None
     tls_ja3s: str | None = None
@@ -152,6 +158,12 @@ def _handshake_fields(flow: Flow) -> dict[str, Any]:
         j = fingerprint.ja3s(sh)
         out["tls_ja3s"] = j[1] if j else None
     out["tls_hrr"] = hs.hrr
+    upgraded = getattr(hs, "starttls", False) and sh is not None
+    out["starttls"] = upgraded
+    out["plaintext"] = out["app"] in PLAINTEXT_APPS and not upgraded
+    http = getattr(hs, "http", None)
+    if http is not None:
+        out["http_method"], out["http_host"] = http
     version = getattr(hs, "quic_version", None)
     if version is not None:
         out["quic_version"] = quic_version_name(version)
@@ -166,6 +178,9 @@ def _client_hello_fields(ch, transport: str) -> dict[str, Any]:
         "tls_sni": ch.sni,
         "tls_alpn": list(ch.alpn),
         "tls_ech": ch.ech,
+        # with encrypted_client_hello the name seen is the outer, public one (real ECH or
+        # GREASE look alike): say so, and let the policy also use DNS names and geolocation
+        "tls_sni_outer": ch.sni if ch.ech else None,
         "tls_ja3": ja3[1] if ja3 else None,
         "tls_ja4": ja4[0] if ja4 else None,
     }
