@@ -77,6 +77,8 @@ class Daemon:
         self.engine = Engine(EngineConfig(flows=config.flows,
                                           internal_networks=config.internal_networks),
                              sink=self._record, live=self._live, enrich=self.residency)
+        if self.engine.inspection is not None:
+            self.residency.names = self.engine.inspection.names
         self.capture = LiveCapture(LiveConfig(
             interfaces=config.capture.interfaces, bpf=config.capture.bpf,
             rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous,

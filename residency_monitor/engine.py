@@ -108,13 +108,14 @@ class Engine:
     def _drain(self) -> None:
         events = self.table.events
         internal, enrich = self.internal, self.enrich
+        names = self.inspection.names if self.inspection is not None else None
         for kind, flow, arg in events:
             if kind == "end":
                 self.records += 1
-                self.sink(build(flow, arg, True, internal, enrich))
+                self.sink(build(flow, arg, True, internal, enrich, names))
             elif kind == "interim":
                 self.records += 1
-                self.sink(build(flow, arg, False, internal, enrich))
+                self.sink(build(flow, arg, False, internal, enrich, names))
             elif self.live is not None:
                 self.live(flow, arg, "first_packet" if kind == "new" else "handshake")
         events.clear()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import apps, quic, tls
+from . import apps, dns, quic, tls
 from .flows import RST, SYN, Flow
 from .reassembly import StreamBuffer
 from .wire import ParseError
@@ -28,7 +28,7 @@ class Handshake:
     payload_seen = True  # class-level: the flow carried payload (see AwaitPayload)
 
     __slots__ = ("app", "client_hello", "server_hello", "client_hellos", "server_hellos",
-                 "hrr", "tls_error", "decided_at", "note")
+                 "hrr", "tls_error", "decided_at", "note", "server_names")
 
     def __init__(self) -> None:
         self.app: str | None = None
@@ -40,15 +40,19 @@ class Handshake:
         self.tls_error: str | None = None
         self.decided_at: float | None = None   # packet time of the packet that completed it
         self.note: str | None = None
+        # DNS names the client had resolved to the server when the flow began carrying data
+        # (taken then: by the flow's end other clients' lookups may have crowded them out)
+        self.server_names: tuple[str, ...] | None = None
 
 
 class TcpInspector(Handshake):
     """Reassembles both directions' first bytes and parses the handshake."""
 
     __slots__ = ("bufs", "done_side", "server_port", "cap", "errors", "tls_start", "starttls",
-                 "http")
+                 "http", "dns", "dns_seen")
 
-    def __init__(self, server_port: int, cap: int, errors: Counter):
+    def __init__(self, server_port: int, cap: int, errors: Counter,
+                 dns_watcher: DnsWatcher | None = None):
         super().__init__()
         self.bufs: list[StreamBuffer | None] = [None, None]  # [server->client, client->server]
         self.done_side = [False, False]
@@ -58,6 +62,8 @@ class TcpInspector(Handshake):
         self.tls_start: list[int] | None = None  # where TLS begins in [server, client] data
         self.starttls = False
         self.http: tuple[str, str | None] | None = None   # first request's (method, host)
+        self.dns = dns_watcher      # DNS over TCP: answers go to the shared name map
+        self.dns_seen = 0           # answers of this stream already learnt
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
         flags, seq, plen = d[4], d[5], d[7]
@@ -79,15 +85,17 @@ class TcpInspector(Handshake):
             if buf.overflowed:
                 return self._give_up(side, ts, "handshake larger than the reassembly cap")
             return False
-        return self._analyse(ts)
+        return self._analyse(ts, flow)
 
-    def _analyse(self, ts: float) -> bool:
+    def _analyse(self, ts: float, flow: Flow) -> bool:
         if self.app is None:
             cdata = self._data(1)
             sdata = self._data(0)
             self.app = apps.detect_tcp(cdata, sdata, self.server_port)
             if self.app is None:
                 return False
+        if self.app == "dns":
+            return self._dns_answers(flow, ts)
         if self.app == "tls":
             self.tls_start = [0, 0]
         elif self.app in apps.STARTTLS_APPS and self.tls_start is None:
@@ -95,6 +103,16 @@ class TcpInspector(Handshake):
         if self.tls_start is not None:
             return self._tls(ts)
         return self._finish(ts, None)
+
+    def _dns_answers(self, flow: Flow, ts: float) -> bool:
+        """DNS over TCP: learn each complete answer once; keep reading the stream."""
+        if self.dns is None:
+            return False
+        messages, _used = dns.split_tcp_messages(self._data(0))
+        for message in messages[self.dns_seen:]:
+            self.dns.learn(flow, message, ts)
+        self.dns_seen = len(messages)
+        return False
 
     def _starttls(self, ts: float) -> bool:
         """Follow a plaintext mail/file protocol until it upgrades to TLS, or clearly won't."""
@@ -210,7 +228,9 @@ class AwaitPayload(Handshake):
         if d[7] <= 0:
             return False
         key = flow.ckey
-        real = TcpInspector(key[-2] << 8 | key[-1], self.inspection.cap, self.inspection.errors)
+        real = TcpInspector(key[-2] << 8 | key[-1], self.inspection.cap, self.inspection.errors,
+                            self.inspection.dns)
+        real.server_names = self.inspection.names_for(flow)
         flow.insp = flow.hs = real
         return real.feed(flow, from_client, ts, d, frame)
 
@@ -223,12 +243,13 @@ class UdpProbe(Handshake):
     will hang their own per-flow inspectors on this decision.
     """
 
-    __slots__ = ("_results", "errors")
+    __slots__ = ("_results", "errors", "dns")
 
-    def __init__(self, errors: Counter) -> None:
+    def __init__(self, errors: Counter, dns_watcher: DnsWatcher | None = None) -> None:
         super().__init__()
         self._results: dict[str, Handshake] = {}
         self.errors = errors
+        self.dns = dns_watcher
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
         payload = _payload(d, frame)
@@ -239,14 +260,57 @@ class UdpProbe(Handshake):
         app = apps.detect_udp(payload, cport, sport)
         if app == "quic":
             real = QuicInspector(self.errors)
+            if self.dns is not None:
+                real.server_names = names_for(self.dns.names, flow)
             flow.insp = flow.hs = real
             return real.feed(flow, from_client, ts, d, frame)
+        if app == "dns" and self.dns is not None:
+            flow.hs = self._result("dns")
+            flow.insp = self.dns   # DNS flows are a packet or two: keep reading the answers
+            return self.dns.feed(flow, from_client, ts, d, frame)
+        flow.hs = self._result(app)
+        return True
+
+    def _result(self, app: str) -> Handshake:
         result = self._results.get(app)
         if result is None:
             result = self._results[app] = Handshake()
             result.app = app
-        flow.hs = result
-        return True
+        return result
+
+
+class DnsWatcher(Handshake):
+    """Reads every DNS answer a client receives, to learn which names led to which addresses.
+
+    One shared instance for all DNS flows (over UDP; DNS over TCP goes through
+    :class:`TcpInspector`): its only state is the bounded :class:`~.dns.NameMap`.
+    It never finishes, so each packet of a DNS flow passes here; such flows
+    are a query and an answer.
+    """
+
+    __slots__ = ("names", "errors")
+
+    def __init__(self, names: dns.NameMap, errors: Counter):
+        super().__init__()
+        self.app = "dns"
+        self.names = names
+        self.errors = errors
+
+    def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
+        if not from_client:
+            payload = _payload(d, frame)
+            if payload:
+                self.learn(flow, payload, ts)
+        return False
+
+    def learn(self, flow: Flow, message: bytes, ts: float) -> None:
+        try:
+            msg = dns.parse_message(message)
+        except ParseError:
+            self.errors["dns"] += 1
+            return
+        key = flow.ckey
+        self.names.learn(msg, key[:(len(key) - 4) >> 1], ts)
 
 
 class QuicInspector(Handshake):
@@ -290,6 +354,13 @@ class QuicInspector(Handshake):
         return self.quic.version
 
 
+def names_for(names: dns.NameMap, flow: Flow) -> tuple[str, ...]:
+    """The names the flow's client resolved to its server, as of the flow's first packet."""
+    key = flow.ckey
+    half = (len(key) - 4) >> 1
+    return names.names_for(key[:half], key[half:2 * half], flow.ts_first)
+
+
 def _payload(d: tuple, frame: bytes) -> bytes:
     """The transport payload of a decoded packet, as far as the frame holds it."""
     plen = d[7]
@@ -299,11 +370,16 @@ def _payload(d: tuple, frame: bytes) -> bytes:
 class Inspection:
     """The inspector factory given to the flow table, with its error counters."""
 
-    def __init__(self, cap: int = DEFAULT_CAP):
+    def __init__(self, cap: int = DEFAULT_CAP, names: dns.NameMap | None = None):
         self.cap = cap
         self.errors: Counter[str] = Counter()
+        self.names = names if names is not None else dns.NameMap()
+        self.dns = DnsWatcher(self.names, self.errors)
         self._await_payload = AwaitPayload(self)
-        self._udp = UdpProbe(self.errors)
+        self._udp = UdpProbe(self.errors, self.dns)
+
+    def names_for(self, flow: Flow) -> tuple[str, ...]:
+        return names_for(self.names, flow)
 
     def __call__(self, flow: Flow, client_port: int,
                  server_port: int) -> AwaitPayload | UdpProbe | None:

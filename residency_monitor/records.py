@@ -15,6 +15,7 @@ from typing import Any
 
 from . import fingerprint
 from .apps import PLAINTEXT_APPS
+from .dns import NameMap, doh_provider
 from .flows import Flow
 from .networks import NetworkSet, direction
 from .quic import version_name as quic_version_name
@@ -59,6 +60,9 @@ class FlowRecord:
     plaintext: bool = False
     http_method: str | None = None
     http_host: str | None = None
+    server_names: list[str] = field(default_factory=list)
+    encrypted_dns: str | None = None
+    dns_provider: str | None = None
     tls_hrr: bool = False
     tls_ja3: str | None = None
     tls_ja3s: str | None = None
@@ -111,8 +115,12 @@ Enricher = Callable[[Flow, dict[str, Any]], None]
 
 
 def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet,
-          enrich: Enricher | None = None) -> FlowRecord:
-    """Turn a tracked flow (and what inspection found) into its record."""
+          enrich: Enricher | None = None, names: NameMap | None = None) -> FlowRecord:
+    """Turn a tracked flow (and what inspection found) into its record.
+
+    ``names`` is the DNS name map: the names the client resolved to the
+    server's address before the flow began become ``server_names``.
+    """
     key = flow.ckey
     half = (len(key) - 4) >> 1
     caddr, saddr = key[:half], key[half:2 * half]
@@ -134,9 +142,27 @@ def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet,
         "client_from": flow.client_from, "icmp_id": icmp_id,
     }
     base.update(_handshake_fields(flow))
+    if names is not None and base["direction"] in ("outbound", "external"):
+        taken = getattr(flow.hs, "server_names", None)   # at the flow's first payload
+        base["server_names"] = list(taken if taken is not None
+                                    else names.names_for(caddr, saddr, flow.ts_first))
+    base.update(_encrypted_dns(base, saddr))
     if enrich is not None:
         enrich(flow, base)
     return FlowRecord(**base)
+
+
+def _encrypted_dns(fields: dict[str, Any], saddr: bytes) -> dict[str, Any]:
+    """DNS over TLS (853) and over HTTPS/QUIC to a known public resolver, said as such."""
+    port, app = fields["server_port"], fields["app"]
+    if app not in ("tls", "quic") or port not in (443, 853):
+        return {}
+    provider = doh_provider(fields.get("tls_sni"), saddr)
+    if port == 853:
+        return {"encrypted_dns": "dot" if app == "tls" else "doq", "dns_provider": provider}
+    if provider is not None:
+        return {"encrypted_dns": "doh", "dns_provider": provider}
+    return {}
 
 
 def _handshake_fields(flow: Flow) -> dict[str, Any]:

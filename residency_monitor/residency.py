@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from .dns import NameMap
 from .flows import Flow
 from .geo import Geolocator, GeoResult
 from .networks import NetworkSet, direction
@@ -30,10 +31,11 @@ class Residency:
     """An enricher for :func:`records.build`: adds destination and verdict fields."""
 
     def __init__(self, policy: Policy, geo: Geolocator,
-                 internal: NetworkSet | None = None):
+                 internal: NetworkSet | None = None, names: NameMap | None = None):
         self.policy = policy
         self.geo = geo
         self.internal = internal or NetworkSet()
+        self.names = names   # DNS names per address, for live verdicts (records carry them)
 
     def __call__(self, flow: Flow, fields: dict[str, Any]) -> None:
         located = self._locate(flow, fields["direction"])
@@ -58,7 +60,7 @@ class Residency:
         to end. At the first packet only a violation the destination alone
         decides counts (see :meth:`_decided_by_destination`).
         """
-        fields = _live_fields(flow, self.internal)
+        fields = _live_fields(flow, self.internal, self.names)
         if fields["direction"] != "outbound":
             return None
         located = self._locate(flow, "outbound")
@@ -118,7 +120,7 @@ def _first_packet_facts(facts: FlowFacts, ts: float) -> FlowFacts:
         asn=facts.asn)
 
 
-def _live_fields(flow: Flow, internal: NetworkSet) -> dict[str, Any]:
+def _live_fields(flow: Flow, internal: NetworkSet, names: NameMap | None) -> dict[str, Any]:
     """The record fields the policy needs, for a flow still in progress."""
     key = flow.ckey
     half = (len(key) - 4) >> 1
@@ -126,6 +128,8 @@ def _live_fields(flow: Flow, internal: NetworkSet) -> dict[str, Any]:
     hs = flow.hs
     ch = getattr(hs, "client_hello", None)
     return {
+        "server_names": (getattr(hs, "server_names", None)
+                         or (names.names_for(caddr, saddr, flow.ts_first) if names else ())),
         "client_ip": _ntop(caddr), "server_ip": _ntop(saddr),
         "server_port": key[-2] << 8 | key[-1], "transport": TRANSPORTS.get(flow.proto, "ip"),
         "app": (getattr(hs, "app", None) or "unknown"),
@@ -155,7 +159,8 @@ def facts_from(flow: Flow, fields: dict[str, Any], located: GeoResult) -> FlowFa
         ts=handshake_ts if handshake_ts is not None else fields["ts_start"],
         tls_version=server_hello.version if server_hello is not None else None,
         encrypted=encrypted, payload=fields.get("payload", True),
-        sni=fields.get("tls_sni"), country=located.country,
+        sni=fields.get("tls_sni"), server_names=tuple(fields.get("server_names") or ()),
+        country=located.country,
         country_source=located.source, asn=located.asn)
 
 
