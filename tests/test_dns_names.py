@@ -79,3 +79,30 @@ def test_a_server_name_exception_applies_to_a_flow_without_sni():
     http = next(r for r in _final(SAMPLE_PATH, residency) if r.app == "http")
     assert http.tls_sni is None and http.server_names == ["forms.sg-events.example"]
     assert (http.verdict, http.exception, http.violations) == ("exempt", "sg-events", [])
+
+
+def _hello_flow(server: str, port: int, sni: bytes) -> list[FlowRecord]:
+    """A TCP handshake and a ClientHello with ``sni`` from an office client to ``server``."""
+    from test_flows import ACK, PSH, SYN, tcp
+    from test_tls import client_hello_body, message, record, sni_ext
+
+    hello = record(22, message(1, client_hello_body([sni_ext(sni)])))
+    client = "192.168.1.50"
+    recs: list[FlowRecord] = []
+    engine = Engine(sink=recs.append)
+    for ts, frame in [(0.0, tcp(client, 50000, server, port, SYN, seq=100)),
+                      (0.01, tcp(server, port, client, 50000, SYN | ACK, seq=900)),
+                      (0.02, tcp(client, 50000, server, port, ACK | PSH, seq=101,
+                                 payload=hello))]:
+        engine.frame(ts, 1, frame)
+    engine.finish()
+    return recs
+
+
+def test_dns_over_tls_and_https_are_said_as_such():
+    (dot,) = _hello_flow("1.1.1.1", 853, b"one.one.one.one")
+    assert (dot.encrypted_dns, dot.dns_provider) == ("dot", "Cloudflare")
+    (doh,) = _hello_flow("8.8.8.8", 443, b"dns.google")
+    assert (doh.encrypted_dns, doh.dns_provider) == ("doh", "Google Public DNS")
+    (web,) = _hello_flow("203.0.113.9", 443, b"www.example.com")
+    assert (web.encrypted_dns, web.dns_provider) == (None, None)

@@ -17,6 +17,7 @@ from residency_monitor.records import FlowRecord
 
 CLIENT, SERVER, CLIENT6, SERVER6 = "10.0.0.5", "203.0.113.7", "fd00::5", "2001:db8::7"
 S, A, F, R, P = 0x02, 0x10, 0x01, 0x04, 0x08
+SYN, ACK, PSH = S, A, P
 
 
 def _ip4(src: str, dst: str, proto: int, l4: bytes, ident: int = 1, frag: int = 0) -> bytes:
