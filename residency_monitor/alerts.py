@@ -51,6 +51,9 @@ RESEND_INTERVAL = 60.0
 ENDS_AT_INTERVALS = 4
 RESOLVE_AFTER = 300.0
 RESOLVED_RETENTION = 900.0
+# Flows remembered per alert to tell a flow raised again from one more flow.
+RECENT_FLOWS = 64
+
 # A repeat of a firing alert only refreshes annotations, which Alertmanager never
 # notifies about; sending each repeat at once would let one busy destination
 # flood Alertmanager (ntopng#2070), so refreshes wait at least this long.
@@ -72,11 +75,13 @@ class ViolationAlert:
     zone: str
     classification: str
     country: str              # ISO code or "unlocated"
-    destination: str          # SNI (or resolved name) or server IP: part of the identity
+    destination: str          # the server's address: part of the identity
     severity: str             # "critical" or "warning", decided by the daemon
     starts_at: float          # epoch seconds: first packet of the first flow with this violation
     detected_at: float        # epoch seconds: packet time of the deciding packet
     annotations: Mapping[str, str] = field(default_factory=dict)
+    flow: str = ""            # the violating flow's identity: a flow raised again (at its
+                              # handshake, at its end) refreshes, it is not one more flow
 
 
 class AlertKey(NamedTuple):
@@ -147,7 +152,9 @@ class _Entry:
     resolved_at: float | None = None
     last_sent: float | None = None
     sent_resolved: bool | None = None   # state of the last send; None: never sent
-    dirty: bool = True                  # a detection not yet sent (new or refreshed)
+    dirty: bool = True                  # something not yet sent (a detection or a refresh)
+    fresh: bool = True                  # a new flow's detection not yet sent (for latency)
+    recent_flows: dict[str, None] = field(default_factory=dict)   # bounded, raise order
 
     @property
     def resolved(self) -> bool:
@@ -205,13 +212,23 @@ class AlertBook:
             self._entries[key] = _Entry(
                 key=key, episode=self._episodes, labels=self._labels(key),
                 annotations=_annotations(alert, 1), starts_at=alert.starts_at,
-                detected_at=alert.detected_at, last_raised=now)
+                detected_at=alert.detected_at, last_raised=now,
+                recent_flows={alert.flow: None} if alert.flow else {})
+            return
+        entry.last_raised = now
+        entry.dirty = True
+        if alert.flow and alert.flow in entry.recent_flows:
+            # the same flow again (its handshake, its end): newer details, no new detection
+            entry.annotations = _annotations(alert, entry.flows)
             return
         entry.flows += 1
         entry.annotations = _annotations(alert, entry.flows)
         entry.detected_at = alert.detected_at
-        entry.last_raised = now
-        entry.dirty = True
+        entry.fresh = True
+        if alert.flow:
+            entry.recent_flows[alert.flow] = None
+            if len(entry.recent_flows) > RECENT_FLOWS:
+                del entry.recent_flows[next(iter(entry.recent_flows))]
 
     def due(self, now: float) -> list[dict[str, Any]]:
         """The JSON objects to POST now (see :meth:`due_items`)."""
@@ -253,13 +270,14 @@ class AlertBook:
         return entry.last_sent + self.resend_interval
 
     def _emit(self, entry: _Entry, now: float) -> DueAlert:
-        fresh = entry.dirty and not entry.resolved
+        fresh = entry.fresh and not entry.resolved
         item = DueAlert(key=entry.key, episode=entry.episode, resolved=entry.resolved,
                         fresh=fresh, detected_at=entry.detected_at,
                         payload=self._payload(entry, now))
         entry.last_sent = now
         entry.sent_resolved = entry.resolved
         entry.dirty = False
+        entry.fresh = False
         return item
 
     def _payload(self, entry: _Entry, now: float) -> dict[str, Any]:

@@ -261,8 +261,14 @@ def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
         rule=rule, zone=verdict.zone or "default", classification=verdict.classification or "",
         country=facts.country or "unlocated", destination=destination,
         severity="critical" if verdict.classification in SEVERE else "warning",
-        starts_at=flow.ts_first, detected_at=ts, annotations=annotations)
+        starts_at=flow.ts_first, detected_at=ts, annotations=annotations,
+        flow=flow_id(facts.client_ip, facts.server_ip, facts.server_port, flow.ts_first))
         for rule in verdict.violations]
+
+
+def flow_id(client: str, server: str, port: int, first: float) -> str:
+    """A flow's identity for the alert layer: the same from its first packet to its record."""
+    return f"{client}>{server}:{port}@{first:.6f}"
 
 
 def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
@@ -281,7 +287,8 @@ def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
         country=rec.dst_country or "unlocated", destination=rec.server_ip,
         severity="critical" if rec.classification in SEVERE else "warning",
         starts_at=rec.ts_start, detected_at=rec.detected_at or rec.ts_end,
-        annotations=annotations)
+        annotations=annotations,
+        flow=flow_id(rec.client_ip, rec.server_ip, rec.server_port, rec.ts_start))
         for rule in rec.violations]
 
 

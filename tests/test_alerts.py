@@ -191,6 +191,27 @@ def test_due_items_carry_identity_and_fresh_detection() -> None:
     assert not resend.fresh and resend.slot == item.slot
 
 
+def test_the_same_flow_raised_again_is_a_refresh_not_one_more_flow() -> None:
+    """The daemon raises a flow's violation at its first packet, its handshake and its end."""
+    import dataclasses
+
+    b = book()
+    first = dataclasses.replace(violation(detected_at=T0 + 0.1), flow="f1")
+    b.raise_alert(first, T0 + 0.1)
+    [item] = b.due_items(T0 + 0.1)
+    assert item.fresh and item.payload["annotations"]["flows"] == "1"
+    b.raise_alert(dataclasses.replace(violation(detected_at=T0 + 0.3, bytes_so_far="9000"),
+                                      flow="f1"), T0 + 30)
+    [refresh] = b.due_items(T0 + 31)
+    assert not refresh.fresh and refresh.detected_at == T0 + 0.1   # not a new detection
+    assert refresh.payload["annotations"]["flows"] == "1"
+    assert refresh.payload["annotations"]["bytes_so_far"] == "9000"
+    b.raise_alert(dataclasses.replace(violation(detected_at=T0 + 40), flow="f2"), T0 + 40)
+    [second] = b.due_items(T0 + 41)
+    assert second.fresh and second.detected_at == T0 + 40
+    assert second.payload["annotations"]["flows"] == "2"
+
+
 def test_bad_names_are_refused_or_cleaned() -> None:
     with pytest.raises(ValueError, match="'bad-name': not a valid label name"):
         AlertBook(extra_labels={"bad-name": "x"})
