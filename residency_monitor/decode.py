@@ -107,33 +107,32 @@ def decode(frame: bytes, linktype: int) -> Decoded:
             et = frame[16] << 8 | frame[17]
             l3 = 18
         if et == 0x0800:
-            if frame[l3] == 0x45 and len(frame) >= l3 + 40:
-                proto = frame[l3 + 9]
-                tot = frame[l3 + 2] << 8 | frame[l3 + 3]
-                if ((proto == 6 or proto == 17) and not frame[l3 + 6] & 0x3F | frame[l3 + 7]
-                        and tot >= 28):
-                    return _fast_transport(frame, l3 + 12, l3 + 20, l3 + tot, proto, tot, vlan, 4)
+            if frame[l3] != 0x45 or len(frame) < l3 + 40:
+                return _ethernet(frame)
+            proto = frame[l3 + 9]
+            tot = frame[l3 + 2] << 8 | frame[l3 + 3]
+            if (proto != 6 and proto != 17) or frame[l3 + 6] & 0x3F | frame[l3 + 7] or tot < 28:
+                return _ethernet(frame)
+            src, l4, ver = l3 + 12, l3 + 20, 4
         elif et == 0x86DD and len(frame) >= l3 + 60:
             proto = frame[l3 + 6]
-            if (proto == 6 or proto == 17) and frame[l3] >> 4 == 6:
-                tot = 40 + (frame[l3 + 4] << 8 | frame[l3 + 5])
-                if tot >= 48:
-                    return _fast_transport(frame, l3 + 8, l3 + 40, l3 + tot, proto, tot, vlan, 6)
-        return _ethernet(frame)
+            tot = 40 + (frame[l3 + 4] << 8 | frame[l3 + 5])
+            if (proto != 6 and proto != 17) or frame[l3] >> 4 != 6 or tot < 48:
+                return _ethernet(frame)
+            src, l4, ver = l3 + 8, l3 + 40, 6
+        else:
+            return _ethernet(frame)
+        # TCP or UDP right after the fixed IP header (no function call: this is every packet)
+        end = l3 + tot
+        if proto == 17:
+            return (17, frame[src:l4 + 4], tot, vlan, 0, 0, l4 + 8, end - l4 - 8, ver, None)
+        doff = (frame[l4 + 12] >> 4) << 2
+        if doff < 20 or l4 + doff > end:
+            return _ethernet(frame)
+        return (6, frame[src:l4 + 4], tot, vlan, frame[l4 + 13], _u32(frame, l4 + 4)[0],
+                l4 + doff, end - l4 - doff, ver, None)
     except (IndexError, struct.error):
         return (TRUNCATED, "short header")
-
-
-def _fast_transport(frame: bytes, src: int, l4: int, end: int, proto: int, tot: int,
-                    vlan: int | None, ver: int) -> Decoded:
-    """TCP or UDP right after the fixed IP header; anything odd goes the general way."""
-    if proto == 6:
-        doff = (frame[l4 + 12] >> 4) << 2
-        if doff >= 20 and l4 + doff <= end:
-            return (6, frame[src:l4 + 4], tot, vlan, frame[l4 + 13], _u32(frame, l4 + 4)[0],
-                    l4 + doff, end - l4 - doff, ver, None)
-        return decode_general(frame, LINKTYPE_ETHERNET)
-    return (17, frame[src:l4 + 4], tot, vlan, 0, 0, l4 + 8, end - l4 - 8, ver, None)
 
 
 def decode_general(frame: bytes, linktype: int) -> Decoded:

@@ -25,6 +25,7 @@ from .policy import FlowFacts, Policy, Verdict, evaluate
 from .records import TRANSPORTS
 
 _ENCRYPTED_APPS = frozenset(("tls", "quic", "ssh"))
+_DESTINATION_RULES = frozenset(("residency", "geo_unknown"))
 
 
 class Residency:
@@ -97,15 +98,17 @@ class Residency:
                                 fields: dict[str, Any]) -> bool:
         """Would the first packet's facts alone have given this violation, for certain?
 
-        Not when an exception matching by server name could apply to the zone:
-        a live monitor must then wait for the SNI before it may alert.
+        Yes when every rule it breaks depends on the destination alone
+        (residency, geo_unknown): exceptions by address, AS or country match
+        the same destination at the first packet as at the last. Not when an
+        exception matching by server name could apply to the zone: a live
+        monitor must then wait for the SNI before it may alert. (No second
+        evaluation is needed: this runs for every violating record.)
         """
-        if any(e.sni and (e.zones is None or verdict.zone in e.zones)
-               for e in self.policy.exceptions):
-            return False
-        early = evaluate(_first_packet_facts(facts, fields["ts_start"]), self.policy)
-        return (early.verdict, early.violations, early.exception) == (
-            verdict.verdict, verdict.violations, verdict.exception)
+        if not set(verdict.violations) <= _DESTINATION_RULES:
+            return False   # the first packet alone can only show these
+        return not any(e.sni and (e.zones is None or verdict.zone in e.zones)
+                       for e in self.policy.exceptions)
 
 
 _NOWHERE = GeoResult(country=None, source=None, basis=None)
