@@ -76,12 +76,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -98,8 +96,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from alertmanager_fixture import Alertmanager, ReceivedAlert, WebhookReceiver  # noqa: E402
+from daemon_fixture import DaemonProcess  # noqa: E402
 from netns_fixture import NetnsPair, netns_pair, write_pcap  # noqa: E402
-from prometheus_fixture import Prometheus, free_port, scrape_config  # noqa: E402
+from prometheus_fixture import Prometheus, scrape_config  # noqa: E402
 
 from residency_monitor.capture.files import open_capture  # noqa: E402
 from residency_monitor.engine import Engine  # noqa: E402
@@ -244,69 +243,32 @@ def make_rounds(n: int, workdir: Path) -> list[Round]:
 
 # ----------------------------------------------------------------------------- daemon
 
-class BenchDaemon:
-    """``residency-monitor run`` as a subprocess, as tests/test_daemon_e2e.py's RunningDaemon."""
+class BenchDaemon(DaemonProcess):
+    """The daemon of tests/daemon_fixture.py, with what the rule paths need to know."""
 
     def __init__(self, name: str, workdir: Path, pair: NetnsPair,
                  alertmanager_urls: Sequence[str] = (),
                  flows: dict[str, int] | None = None) -> None:
-        self.name = name
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.records = workdir / "records.jsonl"
-        self.log = workdir / "daemon.log"
-        self.config = workdir / "config.yaml"
-        self.default_timeouts = not flows
-        self.tcp_closed = float((flows or {}).get("tcp_closed", FlowConfig().tcp_closed))
-        lines = ["capture:", f"  interfaces: [{pair.dev_b}]", f"  netns: {pair.b}",
-                 "metrics:", "  listen_address: 127.0.0.1", f"  port: {self.port}",
-                 f"records: {self.records}", "log: {format: json, level: info}"]
+        lines = ["capture:", f"  interfaces: [{pair.dev_b}]", f"  netns: {pair.b}"]
         if flows:
             lines.append("flows: {" + ", ".join(f"{k}: {v}" for k, v in flows.items()) + "}")
         if alertmanager_urls:
             lines += ["alertmanager:", f"  urls: [{', '.join(alertmanager_urls)}]"]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, lines, name=f"daemon {name}")
+        self.default_timeouts = not flows
+        self.tcp_closed = float((flows or {}).get("tcp_closed", FlowConfig().tcp_closed))
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "residency_monitor", "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon {self.name} exited ({self.proc.returncode}):\n"
-                                   f"{self.log.read_text()}")
-            if self.log.exists() and '"event": "start"' in self.log.read_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon {self.name} did not start:\n{self.log.read_text()}")
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (open flows are flushed to the records), then wait; kill if it hangs."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (open flows are flushed to the records); killed if it hangs."""
+        try:
+            return super().stop(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://{self.target}/metrics", timeout=5) as resp:
             return resp.read().decode()
-
-    def final_records(self) -> list[dict]:
-        lines = self.records.read_text().splitlines() if self.records.exists() else []
-        return [r for r in map(json.loads, lines) if r["final"]]
 
 
 @dataclass

@@ -11,7 +11,6 @@ and namespace B has no route anywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from alertmanager_fixture import (  # noqa: F401  (fixtures)
     webhook_fixture,
 )
 from conftest import ROOT
+from daemon_fixture import DaemonProcess
 from netns_fixture import NetnsPair, netns_pair, write_pcap
 from prometheus_fixture import free_port, running_prometheus, scrape_config
 
@@ -44,81 +44,26 @@ from residency_monitor.sample import SAMPLE_PATH
 RULES = ROOT / "configs" / "prometheus" / "rules" / "residency.rules.yml"
 
 
-class RunningDaemon:
-    """``residency-monitor run`` in a subprocess, with its config, records and log."""
-
-    def __init__(self, workdir: Path, pair: NetnsPair, alertmanager_url: str,
-                 policy: Path | None = None):
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.records = workdir / "records.jsonl"
-        self.log = workdir / "daemon.log"
-        self.config = workdir / "config.yaml"
-        lines = [
-            "capture:", f"  interfaces: [{pair.dev_b}]", f"  netns: {pair.b}",
-            "metrics:", "  listen_address: 127.0.0.1", f"  port: {self.port}",
-            "flows: {tcp_idle: 5, tcp_closed: 1, udp_idle: 2}",   # records soon after a replay
-            "alertmanager:", f"  urls: [{alertmanager_url}]", "  resend_interval: 2",
-            "  labels: {site: e2e}",
-            f"records: {self.records}", "log: {format: json, level: info}",
-        ]
-        if policy is not None:
-            lines.append(f"policy: {policy}")
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "residency_monitor", "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the daemon exited ({self.proc.returncode}):\n{self.log_text()}")
-            if '"event": "start"' in self.log_text():
-                return
-            time.sleep(0.05)
-        pytest.fail(f"the daemon did not start:\n{self.log_text()}")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        """Teardown after a failed test: no daemon outlives its test."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def log_events(self) -> list[dict]:
-        return [json.loads(line) for line in self.log_text().splitlines()
-                if line.startswith("{")]
-
-    def final_records(self) -> list[dict]:
-        lines = self.records.read_text().splitlines() if self.records.exists() else []
-        return [r for r in map(json.loads, lines) if r["final"]]
+def daemon_config(pair: NetnsPair, alertmanager_url: str,
+                  policy: Path | None = None) -> list[str]:
+    """Capture on B's end of the veth pair; short flow timeouts, so records come soon."""
+    lines = [
+        "capture:", f"  interfaces: [{pair.dev_b}]", f"  netns: {pair.b}",
+        "flows: {tcp_idle: 5, tcp_closed: 1, udp_idle: 2}",
+        "alertmanager:", f"  urls: [{alertmanager_url}]", "  resend_interval: 2",
+        "  labels: {site: e2e}",
+    ]
+    return lines + ([f"policy: {policy}"] if policy is not None else [])
 
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator:
     """Build RunningDaemons in this test's directory; kill any left running at teardown."""
-    made: list[RunningDaemon] = []
+    made: list[DaemonProcess] = []
 
-    def make(pair: NetnsPair, alertmanager_url: str, **kwargs) -> RunningDaemon:
-        daemon = RunningDaemon(tmp_path / f"daemon-{len(made)}", pair, alertmanager_url,
-                               **kwargs)
+    def make(pair: NetnsPair, alertmanager_url: str, **kwargs) -> DaemonProcess:
+        daemon = DaemonProcess(tmp_path / f"daemon-{len(made)}",
+                               daemon_config(pair, alertmanager_url, **kwargs))
         made.append(daemon)
         return daemon
 
