@@ -33,7 +33,6 @@ from residency_monitor.geo import (
 
 GEO_SHARED = SHARED / "geo"
 BUILDER = ROOT / "geo" / "build_test_dbs.py"
-GENERATOR = SHARED / "bench" / "make_bench_pcap.py"
 
 
 @pytest.fixture(scope="session")
@@ -302,13 +301,9 @@ def test_builder_cli_network_json_and_bad_value(builder, tmp_path, make):
                          "--network", f"{V4}=not-a-number"]) == 2
 
 
-def test_bench_truth_geo_table(tmp_path, make):
-    """Build a Country database from the bench capture's truth, as the truth tests will."""
-    if not GENERATOR.is_file():
-        pytest.skip(f"bench generator not found at {GENERATOR} (../shared beside the checkout)")
-    cap = tmp_path / "bench.pcap"
-    subprocess.run([sys.executable, str(GENERATOR), "--packets", "3000", "--seed", "1",
-                    "--out", str(cap)], check=True, capture_output=True)
+def test_bench_truth_geo_table(tmp_path, make, bench):
+    """Build a Country database from the bench capture's truth, as the truth tests do."""
+    cap, _truth = bench
     truth_path = cap.with_name(cap.name + ".truth.json")
     db = tmp_path / "bench-country.mmdb"
     subprocess.run([sys.executable, str(BUILDER), "--kind", "country", "--out", str(db),

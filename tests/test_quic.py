@@ -13,14 +13,11 @@
 from __future__ import annotations
 
 import ipaddress
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, SHARED, oracle
+from conftest import CORPUS, oracle
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from test_tls import (
@@ -839,22 +836,11 @@ def test_typical_client_initial_feed_time(corpus_dir: Path) -> None:
 # Bench generator: every QUIC flow against its truth
 # ---------------------------------------------------------------------------
 
-GENERATOR = SHARED / "bench" / "make_bench_pcap.py"
 _TLS_VERSIONS = {0x0304: "1.3", 0x0303: "1.2", 0x0302: "1.1", 0x0301: "1.0"}
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> tuple[Path, dict]:
-    if not GENERATOR.is_file():
-        pytest.skip(f"bench generator not found at {GENERATOR} "
-                    "(../shared sits beside the checkout)")
-    out = tmp_path_factory.mktemp("bench") / "bench.pcap"
-    subprocess.run([sys.executable, str(GENERATOR), "--packets", "20000", "--seed", "1",
-                    "--out", str(out)], check=True, capture_output=True)
-    return out, json.loads(out.with_name(out.name + ".truth.json").read_text())
-
-
 def test_bench_quic_flows_match_truth(bench) -> None:
+    """The shared 100k-packet bench capture (tests/conftest.py)."""
     path, truth = bench
     flows = udp_flows(path)
     expected = [f for f in truth["flows"] if f["app"] == "quic"]
