@@ -28,6 +28,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,18 +122,16 @@ def _u8_list(c: Cursor) -> tuple[int, ...]:
     return tuple(c.take(c.remaining()))
 
 
-def _is_host_label(label: bytes) -> bool:
-    return 0 < len(label) <= 63 and all(
-        0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b in (0x2D, 0x5F)
-        for b in label
-    )
+# Letters, digits, '-' and '_' (seen in real names), 1-63 per label, dot-separated. One
+# regular expression: checking byte by byte in Python was a tenth of a ClientHello parse.
+_HOST_NAME = re.compile(rb"[0-9A-Za-z_-]{1,63}(?:\.[0-9A-Za-z_-]{1,63})*")
 
 
 def host_name(raw: bytes) -> str | None:
     """``raw`` as a normalised DNS host name (lower case, no trailing dot), else None."""
     if raw.endswith(b"."):
         raw = raw[:-1]
-    if not 0 < len(raw) <= 253 or not all(_is_host_label(x) for x in raw.split(b".")):
+    if len(raw) > 253 or _HOST_NAME.fullmatch(raw) is None:
         return None
     return raw.decode("ascii").lower()
 

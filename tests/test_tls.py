@@ -436,6 +436,9 @@ def test_client_hello_fields_and_normalised_sni() -> None:
         (b".", None),
         (b"exa mple.com", None),
         (b"example.com\x00evil", None),
+        (b"example.com\n", None),  # a trailing newline is not a name (regex end-of-line trap)
+        (b"a.b..", None),         # only one trailing dot is the root
+        (b"\n", None),
         (b"caf\xc3\xa9.fr", None),
         (b"1.2.3.4", "1.2.3.4"),  # charset-valid; literal IPs are policy's business
     ],
