@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import zlib
 from collections import Counter, defaultdict
@@ -38,8 +39,9 @@ JUDGED = ("compliant", "violation", "exempt")
 #: audit entry types whose ``data`` is a flow record
 RECORD_TYPES = ("verdict", "flow")
 KNOWN_TYPES = ("segment", "start", "stop", "policy", "verdict", "flow", "exception_expired",
-               "alert_failure", "checkpoint")
-SEGMENT_GLOBS = ("audit-*.jsonl", "audit-*.jsonl.gz")
+               "alert_failure", "checkpoint", "retention", "live verdict")
+#: audit segment names: opening time, then an optional -N (see audit.py)
+SEGMENT_RE = re.compile(r"audit-(\d{8}T\d{6}Z)(?:-(\d+))?\.jsonl(\.gz)?\Z")
 #: TLS distribution keys for flows without a negotiated TLS version
 NO_TLS_PLAINTEXT = "plaintext"
 NO_TLS_SEEN = "no TLS seen"
@@ -235,7 +237,7 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted({f for g in SEGMENT_GLOBS for f in p.glob(g)}, key=lambda f: f.name)
+            found = segments(p)
             if not found:
                 raise ReportInputError(f"{p}: no audit segments (audit-*.jsonl[.gz]) in directory")
             out.extend(found)
@@ -245,6 +247,19 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     for p in out:                     # a file named twice is read once, not counted twice
         once.setdefault(p.resolve(), p)
     return list(once.values())
+
+
+def segments(directory: Path) -> list[Path]:
+    """Audit segments in chain order: opening time, then -N (none first).
+
+    A plain segment wins over its ``.gz`` twin (both exist only while compression was cut
+    short, and the plain one is complete). Name order alone would put ``-1`` first.
+    """
+    names = {f.name: SEGMENT_RE.match(f.name) for f in directory.iterdir()}
+    keep = {name: m for name, m in names.items()
+            if m is not None and not (name.endswith(".gz") and name[:-3] in names)}
+    return [directory / name for name, m in sorted(
+        keep.items(), key=lambda kv: (kv[1].group(1), int(kv[1].group(2) or 0), kv[0]))]
 
 
 def read_inputs(paths: Iterable[Path]) -> tuple[list[Entry], list[InputFile]]:
@@ -292,6 +307,9 @@ def _entry(obj: Any, where: str) -> Entry:
         data = obj.get("data")
         if not isinstance(kind, str) or not isinstance(data, (dict, type(None))):
             raise ReportInputError(f"{where}: audit entry without a type or data object")
+        if kind == "verdict" and data and data.get("stage") == "live":
+            # alerted before the flow ended; the flow's own record follows and is what counts
+            return Entry("live verdict", parse_time(obj.get("time"), where), data, True)
         if kind in RECORD_TYPES:
             record = _check_record(data, where)
             return Entry("record", record["ts_start"], record, True)
@@ -545,11 +563,16 @@ def build_report(entries: list[Entry], inputs: list[InputFile], start: float | N
 def _caveats(inputs: list[InputFile], audit: bool, counts: Counter[str],
              entries: list[Entry]) -> list[str]:
     notes = []
-    if audit and not any(e.kind == "record" and e.audit and e.data.get("verdict") == "compliant"
-                         for e in entries):
+    starts = [e.data for e in entries if e.kind == "start"]
+    said = [d["all_flows"] for d in starts if isinstance(d.get("all_flows"), bool)]
+    if said and not all(said) or not said and audit and not any(
+            e.kind == "record" and e.audit and e.data.get("verdict") == "compliant"
+            for e in entries):
         notes.append("The audit log holds no compliant flows (the site logs only violations "
                      "and exemptions unless all flows are logged): flow totals and shares "
                      "cover the flows it holds.")
+    if any(d.get("pseudonymized") for d in starts):
+        notes.append("Internal client addresses are pseudonymised (anon-...) as logged.")
     for f in inputs:
         if f.partial_last_line:
             notes.append(f"{f.path}: the last line is incomplete (the writer was cut short); "
@@ -573,7 +596,7 @@ def _policies(entries: list[Entry], start: float | None, end: float | None) -> l
         and e.data.get("result") == "loaded"]
     out: dict[tuple[str, str], PolicyVersion] = {}
     for e in chosen:
-        key = (str(e.data.get("name", "")), str(e.data.get("sha256", "")))
+        key = (str(e.data.get("name") or ""), str(e.data.get("sha256") or ""))
         v = out.get(key)
         if v is None:
             out[key] = PolicyVersion(key[0], key[1], iso(e.time), iso(e.time), 0,
@@ -587,9 +610,9 @@ def _policies(entries: list[Entry], start: float | None, end: float | None) -> l
 def _policy_event(e: Entry) -> PolicyEvent:
     d = e.data
     errors = d.get("errors") or []
-    return PolicyEvent(iso(e.time), str(d.get("name", "")), str(d.get("sha256", "")),
-                       str(d.get("path", "")), str(d.get("trigger", "")),
-                       str(d.get("result", "")), [str(x) for x in errors])
+    return PolicyEvent(iso(e.time), str(d.get("name") or ""), str(d.get("sha256") or ""),
+                       str(d.get("path") or ""), str(d.get("trigger") or ""),
+                       str(d.get("result") or ""), [str(x) for x in errors])
 
 
 def _flow_map(judged: list[dict[str, Any]]) -> list[FlowMapRow]:
