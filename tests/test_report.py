@@ -463,8 +463,17 @@ def test_partial_last_line_and_unknown_types_are_counted(site, tmp_path):
                                  "trigger": "start", "result": "loaded", "errors": []}, t0 - 4),
              entry(3, "mystery", {"x": 1}, t0)]
     first += [entry(4 + i, "verdict", r, r["ts_start"]) for i, r in enumerate(judged[:5])]
+    # a live verdict (alerted before its flow ended) names the flow but is not its record
+    first.append(entry(50, "verdict", {"stage": "live", "ts_start": judged[0]["ts_start"],
+                                       "verdict": "violation", "violations": ["residency"]},
+                       judged[0]["ts_start"]))
     (log / "audit-20260302T085955Z.jsonl.gz").write_bytes(
         gzip.compress(("\n".join(first) + "\n").encode()))
+    # a second segment opened in the same second sorts after it, whatever name order says;
+    # an interrupted compression leaves a .gz twin that must not be read twice
+    same_second = [entry(60, "checkpoint", {}, t0 + 1), entry(61, "retention", {}, t0 + 1)]
+    (log / "audit-20260302T085955Z-1.jsonl").write_text("\n".join(same_second) + "\n")
+    (log / "audit-20260302T085955Z-1.jsonl.gz").write_bytes(gzip.compress(b"{broken"))
     second = [entry(100 + i, "verdict", r, r["ts_start"]) for i, r in enumerate(judged[5:])]
     second.append(entry(200, "policy", {"name": "site", "sha256": "b" * 64, "path": "p.yaml",
                                         "trigger": "SIGHUP", "result": "refused",
@@ -474,8 +483,10 @@ def test_partial_last_line_and_unknown_types_are_counted(site, tmp_path):
     model, csv_text, page = _all_formats(tmp_path, str(log))
     assert model["source"] == "audit log"
     assert [Path(f["path"]).name for f in model["inputs"]] == [
-        "audit-20260302T085955Z.jsonl.gz", "audit-20260302T090100Z.jsonl"]
-    assert model["inputs"][1]["partial_last_line"] is True
+        "audit-20260302T085955Z.jsonl.gz", "audit-20260302T085955Z-1.jsonl",
+        "audit-20260302T090100Z.jsonl"]
+    assert model["inputs"][2]["partial_last_line"] is True
+    assert model["counts"]["live verdict"] == 1 and model["counts"]["retention"] == 1
     assert model["counts"]["partial last lines"] == 1
     assert model["counts"]["unknown type mystery"] == 1
     assert any("last line is incomplete" in note for note in model["notes"])
@@ -522,16 +533,29 @@ def test_html_is_self_contained_and_escaped(site, tmp_path):
 
 @pytest.mark.skipif("--audit" not in _cli("replay", "--help").stdout,
                     reason="replay --audit (the audit log writer) is not in this checkout yet")
-def test_report_on_a_real_audit_log(site, tmp_path):
-    logdir = tmp_path / "audit"
-    res = _cli("replay", "-q", "--policy", str(site["policy"]), "--audit", str(logdir),
-               "--audit-all", "-o", str(tmp_path / "recs.jsonl"), str(SAMPLE))
+@pytest.mark.parametrize("audit_all", [True, False], ids=["all-flows", "violations-only"])
+def test_report_on_a_real_audit_log(site, tmp_path, audit_all):
+    """The audit log written by ``replay --audit``, interim verdicts and all."""
+    logdir, recs = tmp_path / "audit", tmp_path / "recs.jsonl"
+    res = _cli("replay", "-q", "--policy", str(site["policy"]), "--active-timeout", "5",
+               "--audit", str(logdir), *(["--audit-all"] if audit_all else []),
+               "-o", str(recs), str(SAMPLE), *map(str, corpus_files()))
     assert res.returncode == 0, res.stderr
+    records = _records(recs)
+    assert any(not r["final"] for r in records)
+    if not audit_all:     # the log keeps what is not plainly compliant
+        records = [r for r in records if r["verdict"] != "compliant"]
     model, csv_text, page = _all_formats(tmp_path, str(logdir))
     assert model["source"] == "audit log"
-    _check_against(model, _expected(_records(tmp_path / "recs.jsonl")))
+    _check_against(model, _expected(records))
     assert _html_rows(page)[0] == _csv_rows(csv_text) == _json_rows(model)
-    assert model["policies"] and all(len(p["sha256"]) == 64 for p in model["policies"])
+    assert [(p["name"], len(p["sha256"])) for p in model["policies"]] == [("macau-pdpa", 64)]
+    assert model["counts"]["start"] == model["counts"]["stop"] == 1
+    caveat = any("holds no compliant flows" in note for note in model["notes"])
+    assert caveat is not audit_all
+    kyoto = next(x for x in model["exceptions_expired"] if x["exception"] == "kyoto-travel")
+    assert (kyoto["owner"], kyoto["expired"]) == ("HR <hr@example.mo>", "2025-12-31")
+    assert kyoto["logged"] >= 1 and kyoto["tally"]["flows"] == 1
 
 
 # --------------------------------------------------------------------------------------------
