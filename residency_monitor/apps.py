@@ -54,6 +54,9 @@ def detect_tcp(client: bytes, server: bytes, server_port: int) -> str | None:
         return "ldap"
     if server_port == 53 and len(client) >= 14 and client[0] << 8 | client[1] >= 12:
         return "dns"   # DNS over TCP: a 2-byte length, then a DNS header
+    if (server_port == 53 and not client and len(server) >= 14
+            and server[0] << 8 | server[1] >= 12 and server[4] & 0x80):
+        return "dns"   # the same, answers only (the capture missed the query): QR set
     if client and client[0] == 0xFF and len(client) > 1 and client[1] in _TELNET_CMDS:
         return "telnet"
     if server and server[0] == 0xFF and len(server) > 1 and server[1] in _TELNET_CMDS:

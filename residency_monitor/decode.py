@@ -35,7 +35,11 @@ A decoded IP packet is the tuple::
     (addresses, IP id, protocol) bytes that its later fragments share, so the
     flow table can account them to the same flow.
 
-A non-first IP fragment is ``(FRAGMENT, fragment_key, ip_len, vlan, 0, 0, 0, 0, ip_version, None)``.
+A non-first IP fragment is ``(FRAGMENT, fragment_key, ip_len, vlan, offset, more,
+data_offset, data_len, ip_version, None)``: its byte offset in the fragmented
+datagram, 1 if more fragments follow (else 0), and where its data lies in the
+frame (per the IP header, as ``payload_len``), so the flow table can put a
+datagram back together for an inspector that needs it whole (DNS answers).
 """
 
 from __future__ import annotations
@@ -245,7 +249,8 @@ def ipv4(frame: bytes, l3: int, vlan: int | None) -> Decoded:
     if frag & 0x3FFF:  # MF set or non-zero offset
         fkey = frame[l3 + 12:l3 + 20] + frame[l3 + 4:l3 + 6] + bytes((proto,))
         if frag & 0x1FFF:
-            return (FRAGMENT, fkey, tot, vlan, 0, 0, 0, 0, 4, None)
+            return (FRAGMENT, fkey, tot, vlan, (frag & 0x1FFF) << 3, frag >> 13 & 1, l3 + ihl,
+                    tot - ihl, 4, None)
         return _first_fragment(transport(frame, l3 + 12, l3 + 16, l3 + ihl, l3 + tot, proto, tot,
                                          vlan, 4), fkey)
     return transport(frame, l3 + 12, l3 + 16, l3 + ihl, l3 + tot, proto, tot, vlan, 4)
@@ -276,7 +281,8 @@ def ipv6(frame: bytes, l3: int, vlan: int | None) -> Decoded:
             fo = frame[off + 2] << 8 | frame[off + 3]
             fkey = frame[l3 + 8:l3 + 40] + frame[off + 4:off + 8]
             if fo & 0xFFF8:
-                return (FRAGMENT, fkey, tot, vlan, 0, 0, 0, 0, 6, None)
+                return (FRAGMENT, fkey, tot, vlan, fo & 0xFFF8, fo & 1, off + 8,
+                        max(0, end - off - 8), 6, None)
             nh, off = frame[off], off + 8
         else:
             break

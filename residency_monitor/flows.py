@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .decode import key_fields, reverse_key
+from .reassembly import Datagram
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -41,6 +42,11 @@ class FlowConfig:
     max_flows: int = 1_000_000
     sweep_interval: float = 5.0
     max_fragments: int = 65536
+    # UDP datagrams in IP fragments are put back together for the inspectors (DNS answers
+    # over the path MTU); at most this many bytes held in all, for at most fragment_timeout
+    # seconds each (Linux's ipfrag_time), the oldest given up first
+    max_reassembly_bytes: int = 4 << 20
+    fragment_timeout: float = 30.0
 
 
 class Inspector(Protocol):
@@ -120,19 +126,23 @@ class FlowTable:
         self._tables: dict[int, dict[bytes, Flow]] = {}
         self._inspector = inspector
         self._fragments: dict[bytes, tuple[Flow, bool, float]] = {}
+        # fragmented UDP datagrams of flows still inspected: fkey -> (first decode, Datagram)
+        self._datagrams: dict[bytes, tuple[tuple, Datagram]] = {}
+        self._datagram_bytes = 0
         self.count = 0
         self.events: list[Event] = []
         self.next_sweep = 0.0
         self.emit_new = False  # a live monitor wants ("new", flow, ts) to judge first packets
         self.stats = {"flows_created": 0, "flows_evicted": 0, "fragments": 0,
-                      "orphan_fragments": 0, "port_reuse": 0}
+                      "orphan_fragments": 0, "port_reuse": 0, "datagrams_reassembled": 0,
+                      "datagrams_dropped": 0}
 
     # -- the per-packet path -------------------------------------------------
     def packet(self, ts: float, d: tuple, frame: bytes) -> None:
         """Account one decoded IP packet (``d[0] >= 0`` or FRAGMENT)."""
         proto, key, iplen, _vlan, a, _seq, _poff, _plen, _ver, fkey = d
         if proto < 0:
-            self._fragment(ts, d)
+            self._fragment(ts, d, frame)
             return
         table = self._tables.get(proto)
         if table is None:
@@ -159,6 +169,10 @@ class FlowTable:
         f.ts_last = ts
         if fkey is not None:
             self._first_fragment(ts, fkey, f, c)
+            if proto == 17 and f.insp is not None and self._hold_datagram(fkey, d, frame):
+                if ts >= self.next_sweep:
+                    self.sweep(ts)
+                return  # the inspector sees the datagram once it is whole
         if f.insp is not None and f.insp.feed(f, c, ts, d, frame):
             f.insp = None
             self.events.append(("handshake", f, ts))
@@ -194,15 +208,17 @@ class FlowTable:
         frags[fkey] = (f, from_client, ts)
         self.stats["fragments"] += 1
 
-    def _fragment(self, ts: float, d: tuple) -> None:
+    def _fragment(self, ts: float, d: tuple, frame: bytes) -> None:
         self.stats["fragments"] += 1
-        entry = self._fragments.get(d[1])
+        fkey = d[1]
+        entry = self._fragments.get(fkey)
         if entry is None:
             self.stats["orphan_fragments"] += 1
             return
         f, c, _ = entry
         if self._tables[f.proto].get(f.ckey) is not f:  # its flow ended: the record is out
-            del self._fragments[d[1]]
+            del self._fragments[fkey]
+            self._drop_datagram(fkey)
             self.stats["orphan_fragments"] += 1
             return
         if c:
@@ -212,6 +228,64 @@ class FlowTable:
             f.pk_s += 1
             f.by_s += d[2]
         f.ts_last = ts
+        held = self._datagrams.get(fkey)
+        if held is not None:
+            self._datagram_fragment(ts, fkey, held, d, frame, f, c)
+
+    # -- fragmented UDP datagrams -----------------------------------------------------
+    def _hold_datagram(self, fkey: bytes, d: tuple, frame: bytes) -> bool:
+        """Keep a first fragment's UDP payload until the rest arrives; False if it cannot be."""
+        poff, plen = d[6], d[7]
+        first = frame[poff:poff + plen]
+        if len(first) < plen or poff < 8 or fkey in self._datagrams:
+            return False  # cut by the snap length, or a duplicate first fragment: as it is
+        dg = Datagram(frame[poff - 4] << 8 | frame[poff - 3], first)
+        if dg.failed:
+            self.stats["datagrams_dropped"] += 1
+            return False
+        self._datagrams[fkey] = (d, dg)
+        self._datagram_bytes += dg.held
+        self._trim_datagrams()
+        return True
+
+    def _datagram_fragment(self, ts: float, fkey: bytes, held: tuple[tuple, Datagram],
+                           d: tuple, frame: bytes, f: Flow, c: bool) -> None:
+        first_d, dg = held
+        before = dg.held
+        whole = dg.add(d[4], bool(d[5]), frame[d[6]:d[6] + d[7]])
+        self._datagram_bytes += dg.held - before
+        if dg.failed:
+            self._drop_datagram(fkey)
+            self.stats["datagrams_dropped"] += 1
+            return
+        if whole is None:
+            self._trim_datagrams()
+            return
+        self._drop_datagram(fkey)
+        self.stats["datagrams_reassembled"] += 1
+        if f.insp is None:
+            return
+        # the inspector reads the payload at d[6]:d[6] + d[7] of the frame it is given
+        whole_d = first_d[:6] + (0, len(whole)) + first_d[8:]
+        if f.insp.feed(f, c, ts, whole_d, whole):
+            f.insp = None
+            self.events.append(("handshake", f, ts))
+
+    def _drop_datagram(self, fkey: bytes) -> None:
+        held = self._datagrams.pop(fkey, None)
+        if held is not None:
+            self._datagram_bytes -= held[1].held
+
+    def _trim_datagrams(self) -> None:
+        """Over the byte bound: give up the oldest datagrams first."""
+        while self._datagram_bytes > self.config.max_reassembly_bytes and self._datagrams:
+            self._drop_datagram(next(iter(self._datagrams)))
+            self.stats["datagrams_dropped"] += 1
+
+    @property
+    def reassembly_bytes(self) -> int:
+        """Bytes held for fragmented datagrams now (bounded by ``max_reassembly_bytes``)."""
+        return self._datagram_bytes
 
     # -- expiry ----------------------------------------------------------------
     def _timeout(self, f: Flow) -> tuple[float, str]:
@@ -240,6 +314,10 @@ class FlowTable:
         stale = [k for k, (_, _, t) in self._fragments.items() if t < horizon]
         for k in stale:
             del self._fragments[k]
+        horizon = now - self.config.fragment_timeout
+        for k in [k for k in self._datagrams if self._fragments.get(k, (0, 0, 0.0))[2] < horizon]:
+            self._drop_datagram(k)
+            self.stats["datagrams_dropped"] += 1
 
     def _evict(self) -> None:
         """Table full: end the longest-idle 1% of flows in one pass (amortised O(1) per flow)."""

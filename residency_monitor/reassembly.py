@@ -1,4 +1,4 @@
-"""Per-direction TCP stream reassembly, limited to the first bytes of a connection.
+"""Reassembly: the first bytes of each TCP direction, and fragmented UDP datagrams.
 
 The monitor reads only the start of each TCP direction (a TLS ClientHello or
 ServerHello, a protocol banner), so :class:`StreamBuffer` keeps at most ``cap``
@@ -31,6 +31,12 @@ a parser has already read:
 * **Sequence numbers** are compared modulo 2**32 as signed 32-bit distances
   from the start (serial-number arithmetic), so a stream crossing 2**32
   reassembles like any other.
+
+:class:`Datagram` puts one fragmented UDP datagram back together (a DNS answer
+larger than the path MTU arrives as IP fragments, FIELD-NOTES §2). Unlike a
+stream it must be whole or nothing: an overlapping fragment discards the
+datagram (RFC 5722; Linux drops overlaps too), and so does a total that
+disagrees with the UDP length field.
 
 Pure: no I/O, no clock.
 """
@@ -307,3 +313,52 @@ class StreamBuffer:
     @property
     def stats(self) -> StreamStats:
         return StreamStats(self._segments, self._ooo, self._overlap, self._dropped, self._moves)
+
+
+#: the largest UDP payload an IP datagram can carry (IPv4: 65,535 - 20 - 8)
+MAX_DATAGRAM = 65535
+
+
+class Datagram:
+    """The UDP payload of one fragmented datagram, collected fragment by fragment.
+
+    Offsets are of the UDP payload: a later fragment's IP offset minus the
+    8-byte UDP header that opens the first fragment. ``add`` returns the
+    whole payload once every byte is there, else None; ``failed`` says why
+    the datagram was given up (overlap, over length, inconsistent).
+    """
+
+    __slots__ = ("expected", "pieces", "held", "end", "failed")
+
+    def __init__(self, udp_length: int, first: bytes):
+        self.expected = udp_length - 8       # payload bytes the UDP header promises
+        self.pieces: list[tuple[int, bytes]] = [(0, first)]
+        self.held = len(first)
+        self.end: int | None = None          # payload length, once the last fragment is in
+        self.failed: str | None = None
+        if self.expected < len(first) or self.expected > MAX_DATAGRAM:
+            self.failed = "UDP length disagrees with the fragment"
+
+    def add(self, ip_offset: int, more: bool, data: bytes) -> bytes | None:
+        if self.failed:
+            return None
+        start = ip_offset - 8
+        stop = start + len(data)
+        if start < 0 or stop > self.expected:
+            self.failed = "fragment outside the datagram"
+            return None
+        if any(start < e and b < stop for b, e in
+               ((b, b + len(piece)) for b, piece in self.pieces)):
+            self.failed = "overlapping fragments"
+            return None
+        if not more:
+            if self.end is not None or stop != self.expected:
+                self.failed = "last fragment disagrees with the UDP length"
+                return None
+            self.end = stop
+        self.pieces.append((start, data))
+        self.held += len(data)
+        if self.end is None or self.held != self.end:
+            return None
+        self.pieces.sort()
+        return b"".join(piece for _, piece in self.pieces)

@@ -27,6 +27,10 @@ from residency_monitor.inspect import TcpInspector
     (b"", b"* OK [CAPABILITY IMAP4rev1] ready\r\n", 143, "imap"),
     (b"\xff\xfd\x18\xff\xfd\x20", b"", 23, "telnet"),
     (b"\x00\x01\x02\x03", b"\x00\x00\x00\x00", 4444, "unknown"),
+    (b"\x00\x1d\x12\x34\x01\x00" + b"\x00" * 8, b"", 53, "dns"),   # DNS query over TCP
+    # only the answer was captured (as in zeek-dns-edns-ecs.pcap): a length, then QR set
+    (b"", b"\x01\x2c\x12\x34\x81\x80" + b"\x00" * 8, 53, "dns"),
+    (b"", b"\x01\x2c\x12\x34\x01\x00" + b"\x00" * 8 + b"x" * 300, 53, "unknown"),  # QR clear
 ])
 def test_detect_tcp_by_content(client, server, port, app):
     assert apps.detect_tcp(client, server, port) == app

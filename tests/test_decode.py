@@ -259,7 +259,8 @@ def test_ipv6_fragments() -> None:
     # A later fragment whose data looks like a UDP header for other ports: never a transport header.
     later = ether(IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(id=0xDEADBEEF, m=0, offset=4, nh=17)
                   / (struct.pack("!HHHH", 53, 53, 12, 0) + b"b" * 40))
-    assert dec(later) == (FRAGMENT, fkey, 96, None, 0, 0, 0, 0, 6, None)
+    # offset 4 units = 32 bytes, no more fragments, its 48 data bytes after the fragment header
+    assert dec(later) == (FRAGMENT, fkey, 96, None, 32, 0, 62, 48, 6, None)
 
 
 def test_ipv6_fragment_after_other_extension_headers() -> None:
@@ -269,7 +270,7 @@ def test_ipv6_fragment_after_other_extension_headers() -> None:
     assert dec(first) == (6, key(C6, S6, 1, 2), 76, None, 2, 0, 90, 0, 6, fkey)
     later = ether(IPv6(src=C6, dst=S6) / IPv6ExtHdrHopByHop()
                   / IPv6ExtHdrFragment(id=9, offset=1, nh=6) / (b"\x00\x50" * 8))
-    assert dec(later) == (FRAGMENT, fkey, 72, None, 0, 0, 0, 0, 6, None)
+    assert dec(later) == (FRAGMENT, fkey, 72, None, 8, 0, 70, 16, 6, None)
 
 
 @pytest.mark.parametrize(("flags", "frag"), [("MF", 3), ("", 3), ("MF", 0x1FFF), ("", 0x1000)])
@@ -279,7 +280,8 @@ def test_ipv4_non_first_fragment_is_never_a_transport_header(flags: str, frag: i
     for proto in (6, 17, 1):
         frame = ether(IP(src=C4, dst=S4, id=0x4242, flags=flags, frag=frag, proto=proto) / data)
         fkey = addr(C4) + addr(S4) + b"\x42\x42" + bytes((proto,))
-        assert dec(frame) == (FRAGMENT, fkey, 20 + len(data), None, 0, 0, 0, 0, 4, None)
+        assert dec(frame) == (FRAGMENT, fkey, 20 + len(data), None, frag * 8,
+                              1 if flags == "MF" else 0, 34, len(data), 4, None)
 
 
 def test_ipv4_first_fragment_has_fragment_key() -> None:
@@ -288,7 +290,7 @@ def test_ipv4_first_fragment_has_fragment_key() -> None:
                   / (b"a" * 1472))
     assert dec(first) == (17, key(C4, S4, 5000, 53), 1500, None, 0, 0, 42, 1472, 4, fkey)
     later = ether(IP(src=C4, dst=S4, id=0x4242, frag=185, proto=17) / (b"b" * 1520))
-    assert dec(later)[:2] == (FRAGMENT, fkey)
+    assert dec(later) == (FRAGMENT, fkey, 1540, None, 1480, 0, 34, 1520, 4, None)
     tcp_first = ether(IP(src=C4, dst=S4, id=7, flags="MF") / TCP(sport=1, dport=2, flags="S")
                       / (b"c" * 16))
     assert dec(tcp_first) == (6, key(C4, S4, 1, 2), 56, None, 2, 0, 54, 16, 4,

@@ -40,6 +40,8 @@ from residency_monitor.dns import (
     resolved,
     split_tcp_messages,
 )
+from residency_monitor.engine import Engine
+from residency_monitor.replay import replay
 from residency_monitor.tls import host_name
 
 # --------------------------------------------------------------------------
@@ -685,8 +687,8 @@ DNS_CAPTURE_PARAMS = DNS_CAPTURES or [pytest.param(None, id="no-corpus", marks=p
     reason=f"shared corpus not found at {CORPUS} (it sits beside the checkout in CI)"))]
 
 # capture -> why our value differs from tshark's, and who is right. None so far: the
-# three responses of zeek-dns-edns-ecs.pcap that arrive as IP fragments agree once the
-# fragments are put back together (the flow pipeline does not do that: see the report).
+# responses of zeek-dns-edns-ecs.pcap that arrive as IP fragments agree once the
+# fragments are put back together (as the flow table does: see the pipeline test below).
 DISAGREEMENTS: dict[str, str] = {}
 
 
@@ -755,6 +757,42 @@ def test_namemap_names_every_resolved_address_in_the_corpus(corpus_dir, path: Pa
                 assert (name in got) == (name in reach[:8]), (name, addr, got)
                 checked += 1
     assert checked > 0
+
+
+class RecordingNameMap(NameMap):
+    """A real name map that also remembers every answer it was given, and for whom."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[tuple[bytes, DnsMessage]] = []
+
+    def learn(self, msg: DnsMessage, client: bytes, now: float) -> int:
+        self.given.append((client, msg))
+        return super().learn(msg, client, now)
+
+
+@pytest.mark.parametrize("path", DNS_CAPTURE_PARAMS, ids=lambda p: getattr(p, "name", p))
+def test_the_pipeline_reads_every_answer_fragmented_ones_too(corpus_dir, path: Path):
+    """The engine hands its name map every DNS response of the capture, whole and for
+    the client that received it: the flow table reassembles UDP datagrams split into IP
+    fragments, and TCP streams are split into messages (compared with the independent
+    reading above, which tshark agrees with)."""
+    engine = Engine()
+    assert engine.inspection is not None
+    names = engine.inspection.dns.names = RecordingNameMap()
+    replay([path], lambda _rec: None, engine=engine)
+    assert "dns" not in engine.inspect_errors
+    expected = []
+    for _ts, _src, client, payload in dns_payloads(path):
+        msg = parse_message(payload)
+        if is_response(msg):
+            expected.append((client, msg))
+    key = repr  # DnsMessage is a plain dataclass: compare as multisets of their reprs
+    assert sorted(map(key, names.given)) == sorted(map(key, expected))
+    if path.name == "zeek-dns-edns-ecs.pcap":
+        # four datagrams there arrive as two IPv4 fragments each (tshark: ip.flags.mf == 1)
+        assert engine.table.stats["datagrams_reassembled"] == 4
+        assert engine.table.stats["datagrams_dropped"] == 0
 
 
 # The oracle has no HTTPS records; these are tshark 4.0.17's reading of the two in

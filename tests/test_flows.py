@@ -239,6 +239,109 @@ def test_orphan_fragment_is_counted_not_tracked():
     assert run.finish() == [] and run.engine.table.stats["orphan_fragments"] == 1
 
 
+# -- fragmented UDP datagrams: put back together for the inspectors -------------------
+
+def _dns_answer(name: bytes, addrs: list[str]) -> bytes:
+    """A DNS response for ``name`` (A) with one A record per address."""
+    qname = b"".join(bytes((len(x),)) + x for x in name.split(b".")) + b"\0"
+    msg = struct.pack("!HHHHHH", 7, 0x8180, 1, len(addrs), 0, 0) + qname + b"\0\x01\0\x01"
+    for a in addrs:
+        msg += b"\xc0\x0c\0\x01\0\x01" + struct.pack("!IH", 600, 4) + socket.inet_aton(a)
+    return msg
+
+
+ADDRS = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(200)]   # 3.2 kB of answers
+
+
+def _fragments(src: str, dst: str, sport: int, dport: int, payload: bytes, ident: int,
+               size: int = 1480) -> list[bytes]:
+    """The IPv4 fragments (``size`` data bytes each, a multiple of 8) of one UDP datagram."""
+    dgram = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    out = []
+    for off in range(0, len(dgram), size):
+        more = 0x2000 if off + size < len(dgram) else 0
+        out.append(_eth(_ip4(src, dst, 17, dgram[off:off + size], ident=ident,
+                             frag=more | off // 8)))
+    return out
+
+
+def _fragments6(src: str, dst: str, sport: int, dport: int, payload: bytes, ident: int,
+                size: int = 1232) -> list[bytes]:
+    dgram = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    out = []
+    for off in range(0, len(dgram), size):
+        more = 1 if off + size < len(dgram) else 0
+        fh = struct.pack("!BBHI", 17, 0, off | more, ident)
+        out.append(_eth(_ip6(src, dst, 44, fh + dgram[off:off + size])))
+    return out
+
+
+def _learnt(run: Run, client: str, addr: str) -> tuple[str, ...]:
+    names = run.engine.inspection.names   # type: ignore[union-attr]
+
+    def packed(a: str) -> bytes:
+        return socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
+    return names.names_for(packed(client), packed(addr), 1.0, fallback=False)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1)], ids=["in-order", "reordered"])
+def test_dns_answer_in_ipv4_fragments_is_read_whole(order):
+    query = udp(CLIENT, 5353, SERVER, 53, _dns_answer(b"big.example", [])[:12] + b"\0" * 17)
+    frags = _fragments(SERVER, CLIENT, 53, 5353, _dns_answer(b"big.example", ADDRS), 31)
+    assert len(frags) == 3
+    run = Run().feed((0.0, query), *[(0.01 + i / 1000, frags[i]) for i in order])
+    assert _learnt(run, CLIENT, ADDRS[0]) == ("big.example",)
+    assert _learnt(run, CLIENT, ADDRS[-1]) == ("big.example",)   # from the last fragment
+    stats = run.engine.table.stats
+    assert (stats["datagrams_reassembled"], stats["datagrams_dropped"]) == (1, 0)
+    assert run.engine.table.reassembly_bytes == 0
+    assert "dns" not in run.engine.inspect_errors
+    (rec,) = run.finish()
+    assert rec.app == "dns" and rec.packets_in == 3   # every fragment still counted
+
+
+def test_dns_answer_in_ipv6_fragments_is_read_whole():
+    frags = _fragments6(SERVER6, CLIENT6, 53, 5353, _dns_answer(b"six.example", ADDRS), 77)
+    run = Run().feed(*[(0.01 * i, f) for i, f in enumerate(frags)])
+    assert _learnt(run, CLIENT6, ADDRS[100]) == ("six.example",)
+    assert run.engine.table.stats["datagrams_reassembled"] == 1
+
+
+def test_overlapping_fragment_drops_the_datagram():
+    frags = _fragments(SERVER, CLIENT, 53, 5353, _dns_answer(b"big.example", ADDRS), 32)
+    # a second copy of the middle fragment's data, shifted by 8 bytes: overlaps both neighbours
+    ip = frags[1][14:]
+    shifted = _eth(_ip4(SERVER, CLIENT, 17, ip[20:], ident=32, frag=0x2000 | (1480 - 8) // 8))
+    run = Run().feed((0.0, frags[0]), (0.01, shifted), (0.02, frags[1]), (0.03, frags[2]))
+    assert _learnt(run, CLIENT, ADDRS[0]) == ()
+    assert run.engine.table.stats["datagrams_dropped"] == 1
+    assert run.engine.table.stats["datagrams_reassembled"] == 0
+    assert run.engine.table.reassembly_bytes == 0
+
+
+def test_missing_fragment_is_given_up_after_the_timeout():
+    frags = _fragments(SERVER, CLIENT, 53, 5353, _dns_answer(b"big.example", ADDRS), 33)
+    run = Run(fragment_timeout=30.0).feed((0.0, frags[0]), (0.01, frags[2]))
+    assert run.engine.table.reassembly_bytes > 0
+    run.feed((40.0, udp("10.0.0.8", 999, SERVER, 53)))       # packet time passes: a sweep
+    assert run.engine.table.reassembly_bytes == 0
+    assert run.engine.table.stats["datagrams_dropped"] == 1
+    assert _learnt(run, CLIENT, ADDRS[0]) == ()
+
+
+def test_reassembly_bytes_are_bounded_oldest_given_up_first():
+    answer = _dns_answer(b"big.example", ADDRS)
+    run = Run(max_reassembly_bytes=4000)
+    for ident in range(5):   # five datagrams, each missing its last fragment
+        run.feed((ident / 100, _fragments(SERVER, CLIENT, 53, 5353 + ident, answer, ident)[0]))
+        assert run.engine.table.reassembly_bytes <= 4000
+    assert run.engine.table.stats["datagrams_dropped"] == 3   # 1,452 bytes each: two fit
+    # the newest ones are still there and complete when their fragments come
+    for frag in _fragments(SERVER, CLIENT, 53, 5357, answer, 4)[1:]:
+        run.feed((1.0, frag))
+    assert run.engine.table.stats["datagrams_reassembled"] == 1
+
+
 def test_ipv6_flow():
     pkts = [(0.0, tcp(CLIENT6, 40000, SERVER6, 443, S)),
             (0.1, tcp(SERVER6, 443, CLIENT6, 40000, S | A))]

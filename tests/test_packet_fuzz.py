@@ -188,7 +188,9 @@ def check_contract(d: object) -> None:
         # IPv4: addresses, id, protocol. IPv6: addresses and id (36), but see
         # test_decode.py::test_ipv6_fragment_header_cut_short_is_truncated.
         assert type(d[1]) is bytes and (len(d[1]) == 11 if d[8] == 4 else 32 <= len(d[1]) <= 36)
-        assert d[4:8] == (0, 0, 0, 0) and d[8] in (4, 6) and d[9] is None
+        offset, more, doff, dlen = d[4:8]
+        assert offset % 8 == 0 and 8 <= offset <= 0xFFF8 and more in (0, 1)
+        assert doff > 0 and dlen >= 0 and d[8] in (4, 6) and d[9] is None
     else:
         assert len(d) == 2 and d[0] in KIND_NAMES and type(d[1]) is str and d[1]
 

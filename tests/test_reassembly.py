@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from residency_monitor.reassembly import MAX_CHUNKS, MAX_START_MOVES, StreamBuffer
+from residency_monitor.reassembly import MAX_CHUNKS, MAX_START_MOVES, Datagram, StreamBuffer
 
 MOD = 1 << 32
 STREAM = bytes(range(256)) * 8  # 2048 distinct-ish bytes, so misplacement shows
@@ -478,3 +478,46 @@ def test_property_first_copy_wins(cap: int, segs: list[tuple[int, bytes]]) -> No
     assert buf.data == bytes(expect)
     assert buf.buffered_bytes == len(model)
     assert buf.overflowed is (len(expect) >= cap)
+
+
+# -- fragmented UDP datagrams ---------------------------------------------------------
+
+def _cut(payload: bytes, size: int) -> list[tuple[int, bool, bytes]]:
+    """Later fragments of a datagram whose first fragment held ``size`` payload bytes:
+    (IP offset, more, data), where the IP offset counts the 8-byte UDP header."""
+    out = []
+    for start in range(size, len(payload), size + 8):
+        end = min(start + size + 8, len(payload))
+        out.append((start + 8, end < len(payload), payload[start:end]))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=9, max_size=3000), st.integers(1, 40), st.randoms())
+def test_datagram_any_order_gives_the_payload_once(payload, units, rnd):
+    size = units * 8
+    if size >= len(payload):
+        size = 8
+    later = _cut(payload, size)
+    rnd.shuffle(later)
+    dg = Datagram(8 + len(payload), payload[:size])
+    results = [dg.add(*piece) for piece in later]
+    assert results[-1] == payload and not any(results[:-1]) and dg.failed is None
+
+
+@pytest.mark.parametrize("pieces, why", [
+    ([(8 + 100, True, b"y" * 100), (8 + 96, False, b"z" * 104)], "overlapping fragments"),
+    ([(8 + 100, False, b"y" * 50)], "last fragment disagrees with the UDP length"),
+    ([(8 + 100, True, b"y" * 400)], "fragment outside the datagram"),
+    ([(0, True, b"y" * 8)], "fragment outside the datagram"),   # would rewrite the header
+])
+def test_datagram_refuses_what_cannot_be_one(pieces, why):
+    dg = Datagram(8 + 300, b"x" * 100)
+    for piece in pieces:
+        assert dg.add(*piece) is None
+    assert dg.failed == why
+    assert dg.add(8 + 100, True, b"y" * 100) is None   # and it stays given up
+
+
+def test_datagram_udp_length_must_cover_the_first_fragment():
+    assert Datagram(8 + 10, b"x" * 100).failed == "UDP length disagrees with the fragment"
