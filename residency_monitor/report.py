@@ -382,9 +382,8 @@ class _LineReader:
 
 
 def iso(ts: float) -> str:
-    """UTC ISO 8601 with a Z, to the microsecond when there is a fraction."""
-    dt = datetime.fromtimestamp(ts, timezone.utc)
-    return dt.isoformat(timespec="microseconds" if dt.microsecond else "seconds")[:-6] + "Z"
+    """UTC ISO 8601 to the microsecond, as the audit log writes it; one width, so it sorts."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(value: Any, where: str) -> float:
@@ -749,20 +748,6 @@ def to_json(report: Report) -> str:
 
 CSV_COLUMNS = ("section", "key", "subkey", "item", "flows", "bytes_out", "bytes_in",
                "first_seen", "last_seen", "value")
-CSV_LAYOUT = """\
-CSV layout: one table, one row per figure, columns
-section,key,subkey,item,flows,bytes_out,bytes_in,first_seen,last_seen,value.
-Sections (key, subkey, item): report (field, -, -; value), input (file, kind, field; value),
-count (what; value), policy (name, sha256, in_force_at_start|loaded; first/last seen,
-value = loads), policy_event (time, name, result; subkey sha256, value = errors),
-verdict (verdict), flow_map (zone, country; value = violation/exempt flows),
-violations_over_time (bucket start, rule), rule (rule), top_destination (rule, country,
-name; value = ASN and organisation), tls (version; value = QUIC flows),
-exception_used (exception), exception_expired (exception, owner, expired; value = log
-entries), visibility (outbound|located|tls_seen|plaintext|encrypted_dns|with_notes),
-inspection_note (note; value = count), latency (count|median_s|p90_s|max_s; value),
-monitor (time, start|stop). Flows and bytes are per flow, counted once; bytes_out is what
-the internal client sent."""
 
 
 def csv_rows(report: Report) -> list[dict[str, Any]]:
@@ -791,7 +776,8 @@ def csv_rows(report: Report) -> list[dict[str, Any]]:
         add("policy", p.name, p.sha256, "in_force_at_start" if p.in_force_at_start else "loaded",
             first_seen=p.first_seen, last_seen=p.last_seen, value=p.loads)
     for ev in report.policy_events:
-        add("policy_event", ev.time, ev.sha256, ev.result, value="; ".join(ev.errors))
+        add("policy_event", ev.time, ev.sha256, ev.result,
+            value=f"name={ev.name}; trigger={ev.trigger}; errors={' | '.join(ev.errors)}")
     for verdict, t in report.verdicts.items():
         add("verdict", verdict, tally=t)
     for c in report.flow_map:
@@ -828,6 +814,22 @@ def csv_rows(report: Report) -> list[dict[str, Any]]:
 
 
 def to_csv(report: Report) -> str:
+    """The report as one CSV table.
+
+    CSV layout: one table, one row per figure, columns
+    section,key,subkey,item,flows,bytes_out,bytes_in,first_seen,last_seen,value.
+    Sections (key, subkey, item): report (field, -, -; value), input (file, kind, field; value),
+    count (what; value), policy (name, sha256, in_force_at_start|loaded; first/last seen,
+    value = loads), policy_event (time, sha256, result; value = name, trigger, errors),
+    verdict (verdict), flow_map (zone, country; value = violation/exempt flows),
+    violations_over_time (bucket start, rule), rule (rule), top_destination (rule, country,
+    name; value = ASN and organisation), tls (version; value = QUIC flows),
+    exception_used (exception), exception_expired (exception, owner, expired; value = log
+    entries), visibility (outbound|located|tls_seen|plaintext|encrypted_dns|with_notes),
+    inspection_note (note; value = count), latency (count|median_s|p90_s|max_s; value),
+    monitor (time, start|stop). Flows and bytes are per flow, counted once; bytes_out is what
+    the internal client sent.
+    """
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()

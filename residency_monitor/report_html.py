@@ -356,7 +356,8 @@ def tls_svg(report: Report) -> str:
 def _header(r: Report) -> str:
     inputs = ", ".join(f"{i.path} ({i.kind})" for i in r.inputs)
     meta = [("Period (UTC)", f"{when(r.period_from)} to {when(r.period_to)}"
-             + (" (as requested)" if r.filtered else " (first to last flow)")),
+             + (" (as requested; the end is exclusive)" if r.filtered
+                else " (first to last flow start)")),
             ("Evidence from", r.source), ("Input files", inputs),
             ("Flows counted", n(r.counts.get("flows", 0))),
             ("Judged outbound flows", n(r.judged_flows)),
