@@ -31,6 +31,12 @@ What it prints, and why:
   the generator's ground truth (packets and IP bytes per direction). A flow that
   the monitor legitimately splits (a UDP gap longer than the idle timeout, as
   Zeek's ``udp_inactivity_timeout`` does) is shown as such, not hidden.
+* **The previous figure**: ``--previous REV`` (default: the last commit before
+  QUIC decryption, DNS names and plaintext inspection were added) exports that
+  revision's package with ``git archive`` and times its replay in the same
+  rounds, so "within 10% of the previous figure" is a ratio measured side by
+  side, not a comparison with a number from another day. ``--previous ''``
+  skips it.
 * ``--profile``: cProfile of the CLI replay on the 100k-packet prefix, top
   functions by own time.
 
@@ -82,6 +88,9 @@ PCAP_RECORD_HEADER = 16
 PROFILE_PACKETS = 100_000  # the prefix profiled with --profile
 
 REPLAY_CODE = "from residency_monitor.cli import main; main()"
+#: the last commit before issue 5's inspection (QUIC decryption, DNS names, plaintext, ECH)
+PREVIOUS_REV = "846db7f"
+PREVIOUS_BUDGET = 1.10   # issue 5: replay stays within 10% of its previous figure
 
 
 # -- the capture ---------------------------------------------------------------
@@ -213,7 +222,24 @@ def run_once(argv: Sequence[str], cwd: Path) -> tuple[float, int]:
     return wall, rss_kib
 
 
-def build_programs(pcap: Path, skip_tshark: bool) -> tuple[list[Program], list[str]]:
+def export_revision(rev: str, into: Path) -> Path | None:
+    """The package as it was at ``rev`` (git archive), or None if git cannot give it."""
+    dest = into / f"previous-{rev}"
+    if (dest / "residency_monitor" / "cli.py").is_file():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "residency_monitor"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        shutil.rmtree(dest, ignore_errors=True)
+        return None
+    return dest
+
+
+def build_programs(pcap: Path, skip_tshark: bool, previous: str = "",
+                   workdir: Path | None = None) -> tuple[list[Program], list[str]]:
     """The timed programs (replay first, tcpdump second) and notes on any skipped."""
     py = sys.executable
     f = str(pcap)
@@ -221,6 +247,16 @@ def build_programs(pcap: Path, skip_tshark: bool) -> tuple[list[Program], list[s
     progs = [Program("residency-monitor replay", [py, "-c", REPLAY_CODE, "replay", "-q", "-o",
                                                   os.devnull, f],
                      "flows + TLS inspection + JSON records")]
+    if previous:
+        old = export_revision(previous, workdir or pcap.parent)
+        if old is None:
+            notes.append(f"revision {previous} not available from git: no previous figure")
+        else:
+            # run from the exported tree: "-c" puts the working directory first on sys.path
+            progs.append(Program(f"replay @ {previous}",
+                                 [py, "-c", f"import os; os.chdir({str(old)!r}); "
+                                  + REPLAY_CODE, "replay", "-q", "-o", os.devnull, f],
+                                 "the same, before issue 5's inspection"))
     tcpdump = shutil.which("tcpdump")
     if tcpdump:
         progs.append(Program("tcpdump -r -w /dev/null", [tcpdump, "-r", f, "-w", os.devnull],
@@ -304,6 +340,12 @@ def print_timing(progs: list[Program], packets: int, frame_bytes: int, notes: li
         if target is not None:
             verdict = f"   target >= {target:g}x: {'met' if speed >= target else 'NOT met'}"
         print(f"  replay / {name:<24} {speed:6.2f}x{verdict}")
+    previous = next((p for p in progs if p.name.startswith("replay @")), None)
+    if previous is not None:
+        slower = paired_ratio(replay, previous)
+        print(f"  replay now / {previous.name:<20} {slower:6.2f}x the time "
+              f"({replay.median:.3f} s now, {previous.median:.3f} s then)   budget <= "
+              f"{PREVIOUS_BUDGET:g}x: {'met' if slower <= PREVIOUS_BUDGET else 'NOT met'}")
     print(f"replay peak RSS (whole process, max of {len(replay.rss_kib)} runs): "
           f"{max(replay.rss_kib) / 1024:.1f} MB")
 
@@ -598,6 +640,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-tshark", action="store_true", help="do not time tshark (~25 s a run)")
     ap.add_argument("--flows", type=int, default=FLOW_COUNT,
                     help="concurrent flows for the memory-per-flow measurement")
+    ap.add_argument("--previous", default=PREVIOUS_REV, metavar="REV",
+                    help="also time replay as of this git revision ('' to skip)")
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile the replay of the 100k-packet prefix")
     ap.add_argument("--flow-memory-worker", type=int, choices=(4, 6), help=argparse.SUPPRESS)
@@ -618,10 +662,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for tool in ("tcpdump", "tshark"):
         if shutil.which(tool):
             print(f"{tool}: {tool_version([tool, '--version'])}")
-    pcap, truth = ensure_capture(args.workdir, args.packets, "bench.pcap")
+    # a quick look at another size must not replace the 1M-packet file others reuse
+    name = "bench.pcap" if args.packets == 1_000_000 else f"bench{args.packets}.pcap"
+    pcap, truth = ensure_capture(args.workdir, args.packets, name)
     packets, frame_bytes = truth["totals"]["packets"], truth["totals"]["frame_bytes"]
 
-    progs, notes = build_programs(pcap, args.skip_tshark)
+    progs, notes = build_programs(pcap, args.skip_tshark, args.previous, args.workdir)
     time_programs(progs, args.runs, ROOT)
     print_timing(progs, packets, frame_bytes, notes)
     print_flow_memory(args.flows)
