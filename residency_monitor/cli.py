@@ -126,11 +126,21 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--max-flows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Flows tracked at once; beyond it the longest-idle are evicted.")
 @click.option("--quiet", "-q", is_flag=True, help="No summaries on standard error.")
+@click.option("--audit", "audit_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also append to the audit log in this directory, as the daemon would "
+                   "(verdicts that are not plainly compliant; the chain continues if it "
+                   "exists).")
+@click.option("--audit-all", is_flag=True, help="With --audit: every flow record, not only "
+                                                "verdicts.")
+@click.option("--audit-key", "audit_key", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --audit: pseudonymise internal addresses with this key file.")
 def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
                policy_path: Path | None, geo_dbs: tuple[Path, ...], asn_dbs: tuple[Path, ...],
                overrides: tuple[str, ...], embedded_geo: bool, internal: tuple[str, ...],
                interim: bool, tcp_idle: float, tcp_closed: float, udp_idle: float,
-               active_timeout: float, max_flows: int, quiet: bool) -> None:
+               active_timeout: float, max_flows: int, quiet: bool,
+               audit_dir: Path | None = None, audit_all: bool = False,
+               audit_key: Path | None = None) -> None:
     """Replay pcap/pcapng files (gzip too) into flow records with verdicts.
 
     With no CAPTURES, replays the sample capture bundled with the package.
@@ -148,11 +158,15 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
     residency = Residency(policy, _geolocator(geo_dbs, asn_dbs, overrides, embedded_geo),
                           NetworkSet(config.internal_networks))
     compliance = ComplianceSummary(policy_name=policy.name)
+    auditor = _replay_auditor(audit_dir, audit_all, audit_key, policy, config.internal_networks,
+                              paths) if audit_dir else None
     with ExitStack() as stack:
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else sys.stdout
         table = TableWriter(out) if fmt == "table" else None
 
         def write(rec: FlowRecord) -> None:
+            if auditor is not None:
+                auditor.record(rec)
             compliance.add(rec)
             if not interim and not rec.final:
                 return
@@ -168,6 +182,9 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
         if table is not None:
             table.close()
             out.write("\n" + "\n".join(compliance.lines()) + "\n")
+    if auditor is not None:
+        auditor.stop(packets=result.packets, records=result.records, reason="end_of_capture")
+        auditor.log.close()
     if not quiet:
         for line in summary_lines(result):
             click.echo(line, err=True)
@@ -446,6 +463,115 @@ def sample_cmd(out: Path) -> None:
     from .sample import build_sample, write_pcap
     write_pcap(out, build_sample())
     click.echo(f"wrote {out}", err=True)
+
+
+def _replay_auditor(directory: Path, all_flows: bool, key_file: Path | None, policy: Policy,
+                    internal: tuple[str, ...], captures: list[Path]) -> Any:
+    """An audit writer for ``replay --audit``: the daemon's entries, wall-clock line times."""
+    from .audit import AuditLog, Auditor
+    from .pseudonym import KeyFileError, Pseudonymizer, load_key
+
+    pseudonymizer = None
+    if key_file is not None:
+        try:
+            pseudonymizer = Pseudonymizer(load_key(key_file), internal)
+        except KeyFileError as exc:
+            raise Refused(str(exc)) from None
+    log = AuditLog(directory)
+    try:
+        log.open(strict=True)
+    except OSError as exc:
+        raise Refused(f"audit log: {exc}") from None
+    auditor = Auditor(log, all_flows=all_flows, pseudonymizer=pseudonymizer,
+                      exceptions=lambda name: next(
+                          (e for e in policy.exceptions if e.id == name), None))
+    auditor.start(version=__version__, interfaces=[], captures=[str(p) for p in captures],
+                  policy=policy.name, sha256=policy.sha256,
+                  pseudonymized=pseudonymizer is not None)
+    auditor.policy(policy, path=None, trigger="start")
+    return auditor
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log: verify its hash chain, compute pseudonyms."""
+
+
+@audit_group.command("verify")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Daemon configuration whose audit.path to check (when no PATH is given).")
+@click.option("--witness", metavar="[SEQ:]HASH",
+              help="A checkpoint from the daemon's own log (journald: records:head or "
+                   "checkpoint_seq:checkpoint_hash); the log must contain it.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def audit_verify(paths: tuple[Path, ...], config_path: Path | None, witness: str | None,
+                 as_json: bool) -> None:
+    """Check the audit log's hash chain across its segments (gzip ones too).
+
+    PATH is the audit directory or segment files (default: the configured
+    directory, /var/lib/residency-monitor/audit). Prints "OK: N records in M
+    segments, head HASH" or the first problem as FILE:LINE: message.
+
+    Exit status: 0 intact; 1 broken (modified, deleted, reordered or
+    inserted lines, a missing or damaged segment, a checkpoint or witness
+    that does not match); 2 usage error (no such path, no segments). A
+    partial last line in the last segment, which a crash leaves until the
+    next start repairs it, is a warning and still exit 0: the records before
+    it are intact, and only a witness can tell such a tail from a cut one.
+    """
+    import json as json_mod
+
+    from .audit import parse_witness, verify
+    from .config import ConfigError, load_config
+
+    if not paths:
+        try:
+            paths = (Path(load_config(config_path).audit.path),)
+        except ConfigError as exc:
+            raise Refused(f"configuration refused:\n{exc}") from None
+        if not paths[0].is_dir():
+            raise Refused(f"{paths[0]}: no audit log here")
+    try:
+        expected = parse_witness(witness) if witness else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--witness") from None
+    result = verify(paths, witness=expected)
+    if result.segments == 0:
+        raise Refused(f"no audit segments (audit-*.jsonl[.gz]) in {', '.join(map(str, paths))}")
+    if as_json:
+        click.echo(json_mod.dumps(result.to_dict(), indent=None))
+    else:
+        click.echo(result.summary())
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+    sys.exit(result.exit_code)
+
+
+@audit_group.command("pseudonym")
+@click.option("--key-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The key of audit.pseudonymize_key_file.")
+@click.argument("addresses", nargs=-1, required=True)
+def audit_pseudonym(key_file: Path, addresses: tuple[str, ...]) -> None:
+    """Print the pseudonym of each ADDRESS, to search the audit log for one machine.
+
+    Any address is accepted: the log pseudonymises only those inside the
+    internal networks.
+    """
+    from .pseudonym import KeyFileError, load_key, pseudonym
+
+    try:
+        key = load_key(key_file)
+    except KeyFileError as exc:
+        raise Refused(str(exc)) from None
+    for address in addresses:
+        try:
+            click.echo(f"{address} {pseudonym(key, address)}")
+        except ValueError:
+            raise click.BadParameter(f"{address!r} is not an IP address",
+                                     param_hint="ADDRESSES") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .audit import AuditConfig
 from .flows import FlowConfig
 from .geo import GeoConfig
 from .networks import DEFAULT_INTERNAL
@@ -67,12 +68,13 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     alertmanager: AlertmanagerSettings = field(default_factory=AlertmanagerSettings)
     records: str | None = None                 # append final flow records here (JSON Lines)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     log_format: str = "auto"                   # auto (json when not a terminal) | json | text
     log_level: str = "info"
 
 
 _TOP = ((), ("capture", "internal_networks", "flows", "policy", "geo", "metrics",
-             "alertmanager", "records", "log"))
+             "alertmanager", "records", "log", "audit"))
 _CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns"))
 _FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows"))
 _GEO = ((), ("databases", "asn_databases", "overrides", "embedded", "reload_check_seconds"))
@@ -82,6 +84,8 @@ _AM = ((), ("urls", "queue_size", "resend_interval", "resolve_after", "timeout",
             "cert_file", "key_file", "bearer_token_file", "basic_auth", "labels"))
 _BASIC = (("username", "password_file"), ())
 _LOG = ((), ("format", "level"))
+_AUDIT = ((), ("enabled", "path", "all_flows", "fsync_interval", "rotate_bytes", "rotate_daily",
+               "compress", "retention_days", "checkpoint_interval", "pseudonymize_key_file"))
 
 
 class _Reader(NodeReader):
@@ -223,6 +227,28 @@ def _alertmanager(r: _Reader, top: dict) -> AlertmanagerSettings:
         labels=tuple(sorted(labels.items())))
 
 
+def _audit(r: _Reader, top: dict) -> AuditConfig:
+    m = _section(r, top, "audit", _AUDIT)
+    d = AuditConfig()
+    p = "audit"
+    return AuditConfig(
+        enabled=_get(r, m, p, "enabled", r.boolean, d.enabled),
+        path=_get(r, m, p, "path", r.text, d.path),
+        all_flows=_get(r, m, p, "all_flows", r.boolean, d.all_flows),
+        fsync_interval=_get(r, m, p, "fsync_interval", lambda n, q: r.number(n, q, 0, 3600),
+                            d.fsync_interval),
+        rotate_bytes=_get(r, m, p, "rotate_bytes", lambda n, q: r.integer(n, q, 1 << 12, 10**12),
+                          d.rotate_bytes),
+        rotate_daily=_get(r, m, p, "rotate_daily", r.boolean, d.rotate_daily),
+        compress=_get(r, m, p, "compress", r.boolean, d.compress),
+        retention_days=_get(r, m, p, "retention_days", lambda n, q: r.integer(n, q, 0, 36600),
+                            d.retention_days),
+        checkpoint_interval=_get(r, m, p, "checkpoint_interval",
+                                 lambda n, q: r.number(n, q, 0, 86400 * 7),
+                                 d.checkpoint_interval),
+        pseudonymize_key_file=_get(r, m, p, "pseudonymize_key_file", r.text, None))
+
+
 def _build(r: _Reader, root: yaml.Node | None, source: str) -> Config:
     top = (r.mapping(root, "", _TOP) or {}) if root is not None else {}
     log = _section(r, top, "log", _LOG)
@@ -233,6 +259,7 @@ def _build(r: _Reader, root: yaml.Node | None, source: str) -> Config:
         policy=_get(r, top, "", "policy", r.text, None),
         geo=_geo(r, top), metrics=_metrics(r, top), alertmanager=_alertmanager(r, top),
         records=_get(r, top, "", "records", r.text, None),
+        audit=_audit(r, top),
         log_format=_get(r, log, "log", "format",
                         lambda n, p: r.choice(n, p, ("auto", "json", "text")), "auto"),
         log_level=_get(r, log, "log", "level",

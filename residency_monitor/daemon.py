@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__, sdnotify
 from .alerts import AlertBook, AlertmanagerClient, ViolationAlert
+from .audit import AlertFailureHandler, AuditLog, Auditor, live_data
 from .capture.live import LiveCapture, LiveCaptureError, LiveConfig
 from .config import Config
 from .engine import Engine, EngineConfig
@@ -33,6 +35,7 @@ from .geo import Geolocator
 from .metrics import Metrics
 from .networks import NetworkSet
 from .policy import FlowFacts, Policy, PolicyError, Verdict, default_policy, load_policy
+from .pseudonym import KeyFileError, Pseudonymizer, load_key
 from .records import FlowRecord
 from .residency import Residency
 from .tls_names import version_name
@@ -43,6 +46,7 @@ SHUTDOWN_ALERT_WAIT = 5.0   # seconds to deliver pending alerts when stopping
 SEVERE = frozenset(("personal", "sensitive"))
 
 log = logging.getLogger("residency_monitor")
+ALERT_LOG = log.getChild("alerts")   # the Alertmanager client's; its warnings are audited
 
 
 class StartupError(Exception):
@@ -90,6 +94,11 @@ class Daemon:
             client_cafile=config.metrics.client_ca_file, landing=self._landing, logger=log)
         self.records_out: TextIO | None = None
         self.metrics.policy_loaded(policy, "success")
+        # The audit log (audit.py): opened in start(), written before any alert is submitted.
+        self.audit_log: AuditLog | None = None
+        self.auditor: Auditor | None = None
+        self.pseudonymizer: Pseudonymizer | None = None
+        self._alert_audit: AlertFailureHandler | None = None
 
     # -- wiring ------------------------------------------------------------------------
     def _alert_client(self) -> AlertmanagerClient | None:
@@ -105,7 +114,7 @@ class Daemon:
                 bearer_token_file=am.bearer_token_file,
                 basic_auth_username=am.basic_auth_username,
                 basic_auth_password_file=am.basic_auth_password_file,
-                on_delivered=self._delivered, logger=log)
+                on_delivered=self._delivered, logger=ALERT_LOG)
         except ValueError as exc:
             raise StartupError(EXIT_CONFIG, f"alertmanager: {exc}") from None
 
@@ -119,12 +128,14 @@ class Daemon:
 
     # -- per flow event (never per packet) ---------------------------------------------
     def _record(self, rec: FlowRecord) -> None:
+        if self.auditor is not None:   # the evidence first, then any alert about it
+            self.auditor.record(rec)
         if rec.final:
             self.metrics.observe_record(rec)
             if rec.verdict == "violation" and self.alerts is not None:
                 # Most violations were alerted live; this catches those only a flow's end
                 # shows (no handshake ever completed). Re-raising one is a no-op refresh.
-                for alert in record_alerts(rec, self.policy):
+                for alert in record_alerts(rec, self.policy, self._pseudonym):
                     self.alerts.submit(alert)
         if self.records_out is not None:
             self.records_out.write(rec.to_json() + "\n")
@@ -135,12 +146,61 @@ class Daemon:
             return
         verdict, facts = hit
         self.metrics.observe_verdict(ts - flow.ts_first)
+        if self.auditor is not None:
+            self.auditor.live(
+                (facts.client_ip, facts.server_ip, facts.server_port, flow.ts_first),
+                live_data(ts_start=flow.ts_first, detected_at=ts, client_ip=facts.client_ip,
+                          client_port=flow.ckey[-4] << 8 | flow.ckey[-3],
+                          server_ip=facts.server_ip,
+                          server_port=facts.server_port, transport=facts.transport,
+                          app=facts.app, tls_sni=facts.sni,
+                          tls_version=version_name(facts.tls_version)
+                          if facts.tls_version else None,
+                          dst_country=facts.country, verdict=verdict))
         if self.alerts is not None:
-            for alert in violation_alerts(flow, verdict, facts, ts, self.policy):
+            for alert in violation_alerts(flow, verdict, facts, ts, self.policy,
+                                          self._pseudonym):
                 self.alerts.submit(alert)
+
+    @property
+    def _pseudonym(self) -> Callable[[str], str] | None:
+        return self.pseudonymizer.address if self.pseudonymizer is not None else None
+
+    def _open_audit(self) -> None:
+        """Open the audit log (a failure to write is logged and retried, never fatal)."""
+        cfg = self.config.audit
+        if not cfg.enabled:
+            return
+        self.audit_log = AuditLog(
+            cfg.path, rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily,
+            compress=cfg.compress, fsync_interval=cfg.fsync_interval,
+            checkpoint_interval=cfg.checkpoint_interval, retention_days=cfg.retention_days,
+            on_checkpoint=_log_checkpoint)
+        self.audit_log.open()
+        self.auditor = Auditor(self.audit_log, all_flows=cfg.all_flows,
+                               pseudonymizer=self.pseudonymizer, exceptions=self._exception)
+        self.auditor.start(version=__version__, interfaces=list(self.capture.interfaces),
+                           policy=self.policy.name, sha256=self.policy.sha256,
+                           pseudonymized=self.pseudonymizer is not None)
+        self.auditor.policy(self.policy, path=self.config.policy, trigger="start")
+        if self.alerts is not None:
+            alerts = self.alerts
+            self._alert_audit = AlertFailureHandler(
+                self.auditor, lambda url: alerts.stats()["targets"].get(url, {}).get("queued"))
+            ALERT_LOG.addHandler(self._alert_audit)
+
+    def _exception(self, name: str) -> Any:
+        return next((e for e in self.policy.exceptions if e.id == name), None)
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
+        key_file = self.config.audit.pseudonymize_key_file
+        if self.config.audit.enabled and key_file:
+            try:
+                self.pseudonymizer = Pseudonymizer(load_key(key_file),
+                                                   self.config.internal_networks)
+            except KeyFileError as exc:
+                raise StartupError(EXIT_CONFIG, f"audit: {exc}") from None
         try:
             self.capture.open()
         except LiveCaptureError as exc:
@@ -159,8 +219,9 @@ class Daemon:
         if self.config.records:
             self.records_out = open(  # noqa: SIM115 (closed in stop())
                 self.config.records, "a", encoding="utf-8", buffering=1)
+        self._open_audit()
         self.metrics.attach(engine=self.engine, capture_stats=self.capture.stats, geo=self.geo,
-                            alerts=self.alerts)
+                            alerts=self.alerts, audit=self.audit_log)
         log.info("started", extra={"event": "start", "interfaces": list(self.capture.interfaces),
                                    "policy": self.policy.name, "sha256": self.policy.sha256,
                                    "metrics": f"{self.config.metrics.listen_address}:"
@@ -177,6 +238,8 @@ class Daemon:
                 self.engine.run(frames)
             now = time.time()
             self.engine.advance(now)  # kernel timestamps are wall-clock: time may pass idly
+            if self.audit_log is not None:
+                self.audit_log.tick(now)   # fsync, checkpoint and retention when due
             if self.flags.reload:
                 self.flags.reload = False
                 self.reload()
@@ -196,12 +259,17 @@ class Daemon:
         try:
             policy = load_policy(path) if path else default_policy()
         except PolicyError as exc:
+            if self.auditor is not None:
+                self.auditor.policy(None, path=path, trigger="sighup",
+                                    errors=[str(e) for e in exc.errors])
             self.metrics.policy_loaded(self.policy, "failure")
             log.error("policy reload refused; the running policy stays in force",
                       extra={"event": "policy_reload", "result": "failure",
                              "errors": [str(e) for e in exc.errors]})
         else:
             self.policy = self.residency.policy = policy
+            if self.auditor is not None:
+                self.auditor.policy(policy, path=path, trigger="sighup")
             self.metrics.policy_loaded(policy, "success")
             log.info("policy reloaded", extra={"event": "policy_reload", "result": "success",
                                                "policy": policy.name, "sha256": policy.sha256})
@@ -218,6 +286,12 @@ class Daemon:
         self.exporter.stop()
         if self.records_out is not None:
             self.records_out.close()
+        if self.auditor is not None and self.audit_log is not None:
+            self.auditor.stop(packets=self.engine.packets, records=self.engine.records,
+                              reason="signal")
+            self.audit_log.close()   # a last checkpoint, its witness in our log
+        if self._alert_audit is not None:
+            ALERT_LOG.removeHandler(self._alert_audit)
         log.info("stopped", extra={"event": "stop", "packets": self.engine.packets,
                                    "records": self.engine.records})
         return EXIT_OK
@@ -237,7 +311,8 @@ class Daemon:
 
 
 def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
-                     policy: Policy) -> list[ViolationAlert]:
+                     policy: Policy,
+                     pseudonym: Callable[[str], str] | None = None) -> list[ViolationAlert]:
     """One alert per violated rule; identity = (rule, zone, country, destination address).
 
     The destination is the server's address, not its name: the address is
@@ -245,11 +320,13 @@ def violation_alerts(flow: Flow, verdict: Verdict, facts: FlowFacts, ts: float,
     alert's identity must not change between the two (it would become two
     alerts). Alertmanager groups them by rule, zone and country (see
     configs/alertmanager), so a SaaS behind many addresses is one notification;
-    the server name is an annotation.
+    the server name is an annotation. ``pseudonym`` replaces the internal
+    client's address in the annotations (audit.pseudonymize_key_file).
     """
     destination = facts.server_ip
     annotations = {
-        "client": f"{facts.client_ip}", "server": f"{facts.server_ip}:{facts.server_port}",
+        "client": pseudonym(facts.client_ip) if pseudonym else facts.client_ip,
+        "server": f"{facts.server_ip}:{facts.server_port}",
         "sni": facts.sni or "", "app": facts.app,
         "tls_version": version_name(facts.tls_version) if facts.tls_version else "",
         "bytes_so_far": str(flow.by_c + flow.by_s), "explanation": verdict.explanation,
@@ -271,10 +348,12 @@ def flow_id(client: str, server: str, port: int, first: float) -> str:
     return f"{client}>{server}:{port}@{first:.6f}"
 
 
-def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
+def record_alerts(rec: FlowRecord, policy: Policy,
+                  pseudonym: Callable[[str], str] | None = None) -> list[ViolationAlert]:
     """Alerts for a finished flow's violations, with the same identity as the live ones."""
     annotations = {
-        "client": rec.client_ip, "server": f"{rec.server_ip}:{rec.server_port}",
+        "client": pseudonym(rec.client_ip) if pseudonym else rec.client_ip,
+        "server": f"{rec.server_ip}:{rec.server_port}",
         "sni": rec.tls_sni or "", "app": rec.app, "tls_version": rec.tls_version or "",
         "bytes_so_far": str(rec.bytes_out + rec.bytes_in), "explanation": rec.explanation or "",
         "policy": f"{policy.name} ({policy.sha256[:12]})",
@@ -290,6 +369,17 @@ def record_alerts(rec: FlowRecord, policy: Policy) -> list[ViolationAlert]:
         annotations=annotations,
         flow=flow_id(rec.client_ip, rec.server_ip, rec.server_port, rec.ts_start))
         for rule in rec.violations]
+
+
+def _log_checkpoint(records: int, head: str, seq: int, digest: str) -> None:
+    """The witness of the audit chain, outside the audit directory (journald).
+
+    ``audit verify --witness SEQ:HASH`` with either pair detects a tail cut
+    off the log after this point, which the chain alone cannot show.
+    """
+    log.info("audit checkpoint", extra={"event": "audit_checkpoint", "records": records,
+                                        "head": head, "checkpoint_seq": seq,
+                                        "checkpoint_hash": digest})
 
 
 def _rfc3339(ts: float) -> str:

@@ -82,6 +82,15 @@ Alerts (read at scrape time from ``alerts.stats()``)
   ``residency_alerts_queued``, ``residency_alerts_dropped_total``,
   ``residency_alert_retries_total``.
 
+Audit log (read at scrape time from the audit writer, see audit.py)
+  ``residency_audit_records_total{kind}``: entries appended, by entry type
+  (``verdict``, ``flow``, ``policy``, ``checkpoint`` ...; ``kind`` and not
+  ``type``, which the Prometheus guide asks to avoid as a label name).
+  ``residency_audit_write_errors_total``: failed writes, syncs or segment
+  openings (disk full, read-only); capture goes on, the next entry retries.
+  ``residency_audit_last_write_timestamp_seconds``: when the last entry was
+  written (alert when it stops moving while flows are seen).
+
 Build
   ``residency_build_info{version, python}``.
 
@@ -224,6 +233,12 @@ _SPECS: dict[str, _Spec] = {s.name: s for s in (
     _Spec("residency_alerts_queued", "gauge", "Alerts waiting to be delivered."),
     _Spec("residency_alerts_dropped", "counter", "Alerts dropped (queue full or given up)."),
     _Spec("residency_alert_retries", "counter", "Alert delivery retries."),
+    _Spec("residency_audit_records", "counter", "Audit log entries appended, by type.",
+          ("kind",)),
+    _Spec("residency_audit_write_errors", "counter",
+          "Audit log writes that failed (capture goes on; the next entry retries)."),
+    _Spec("residency_audit_last_write_timestamp_seconds", "gauge",
+          "When the last audit log entry was written."),
     _Spec("residency_build", "info", "Version of residency-monitor and Python.",
           ("version", "python")),
 )}
@@ -362,6 +377,7 @@ class Metrics:
         self._capture_stats: Callable[[], Mapping[str, tuple[int, int]]] | None = None
         self._geo: Any = None
         self._alerts: Any = None
+        self._audit: Any = None
         self._clock = clock
         self._prefill()
         registry.register(_Collector(self))
@@ -451,13 +467,15 @@ class Metrics:
 
     def attach(self, *, engine: Any = None,
                capture_stats: Callable[[], Mapping[str, tuple[int, int]]] | None = None,
-               geo: Any = None, alerts: Any = None) -> None:
+               geo: Any = None, alerts: Any = None, audit: Any = None) -> None:
         """Sources the collector reads at scrape time; a source not given stays as it was.
 
         ``capture_stats()`` must return cumulative ``{interface: (packets, drops)}``:
         the kernel's PACKET_STATISTICS reset on every read, so the capture
         driver adds them up. ``alerts.stats()`` returns ``{"sent": int, "failed":
         {reason: int} (or an int), "queued": int, "dropped": int, "retries": int}``.
+        ``audit.stats()`` returns ``{"records": {type: int}, "write_errors": int,
+        "last_write": float | None}``.
         """
         if engine is not None:
             self._engine = engine
@@ -467,6 +485,8 @@ class Metrics:
             self._geo = geo
         if alerts is not None:
             self._alerts = alerts
+        if audit is not None:
+            self._audit = audit
 
     def landing(self) -> dict[str, str]:
         """What the exporter's landing page shows: version and the policy in force."""
@@ -520,7 +540,8 @@ class _Collector(Collector):
         yield from self._tallies()
         m = self._m
         for source, render in (("engine", self._engine), ("capture", self._capture),
-                               ("geo", self._geo), ("alerts", self._alerts)):
+                               ("geo", self._geo), ("alerts", self._alerts),
+                               ("audit", self._audit_log)):
             try:
                 families = list(render())
             except Exception:   # a broken source must not fail the whole scrape
@@ -612,6 +633,21 @@ class _Collector(Collector):
                             {_short(str(k)): v for k, v in failed.items()})
         elif failed is not None:
             yield _labelled("residency_alerts_failed", {OTHER: failed})
+
+
+    def _audit_log(self) -> Iterator[Metric]:
+        """Served without an audit log too (empty): the series exist whenever it is on."""
+        audit = self._m._audit
+        stats = audit.stats() if audit is not None else {}
+        yield _labelled("residency_audit_records", stats.get("records", {}))
+        errors = _family("residency_audit_write_errors")
+        if audit is not None:
+            errors.add_metric([], float(stats.get("write_errors", 0)))
+        yield errors
+        last = _family("residency_audit_last_write_timestamp_seconds")
+        if stats.get("last_write") is not None:
+            last.add_metric([], float(stats["last_write"]))
+        yield last
 
 
 def _policy_families(policy: _PolicyState) -> Iterable[Metric]:
