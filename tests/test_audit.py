@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import corpus_files
+from conftest import ROOT, corpus_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +25,8 @@ from residency_monitor.audit import (
     GENESIS,
     AuditLog,
     Auditor,
-    list_segments,
     line_hash,
+    list_segments,
     parse_witness,
     rfc3339,
     segment_key,
@@ -680,3 +680,93 @@ def test_replay_audit_of_the_corpus_verifies(tmp_path):
         assert data["client_ip"] == internal.address(rec["client_ip"])
         assert data["server_ip"] == internal.address(rec["server_ip"])
     assert verify([audit]).ok
+
+
+# ------------------------------------------------------------------------------ the daemon
+
+def test_the_running_daemon_keeps_a_verifiable_audit_log(tmp_path):
+    """``residency-monitor run`` on a veth pair: start, policy, the sample's violations (before
+    their alerts, which fail here and are audited too), a refused reload, stop after SIGTERM."""
+    import signal
+    import time
+
+    from daemon_fixture import DaemonProcess
+    from netns_fixture import netns_pair, write_pcap
+    from prometheus_fixture import free_port
+
+    from residency_monitor.capture.files import open_capture
+
+    frames = tmp_path / "sample-replay.pcap"
+    with open_capture(SAMPLE_PATH) as reader:
+        write_pcap(frames, reader)
+    key = tmp_path / "audit.key"
+    key.write_bytes(KEY)
+    os.chmod(key, 0o600)
+    policy = tmp_path / "policy.yaml"
+    policy.write_bytes((ROOT / "configs" / "policies" / "macau-pdpa.yaml").read_bytes())
+    audit = tmp_path / "audit"
+    with netns_pair() as pair:
+        daemon = DaemonProcess(tmp_path / "daemon", [
+            "capture:", f"  interfaces: [{pair.dev_b}]", f"  netns: {pair.b}",
+            "flows: {tcp_idle: 5, tcp_closed: 1, udp_idle: 2}",
+            f"policy: {policy}",
+            "alertmanager:", f"  urls: [http://127.0.0.1:{free_port()}]",   # nobody listens
+            "audit:", f"  path: {audit}", f"  pseudonymize_key_file: {key}",
+            "  fsync_interval: 0.5",
+        ])
+        try:
+            daemon.start()
+            pair.replay(frames, pps=2000)
+
+            def finals() -> list[dict]:
+                out = []
+                for seg in list_segments(audit):
+                    for line in lines(seg):
+                        entry = json.loads(line)
+                        if entry["type"] == "verdict" and "stage" not in entry["data"] \
+                                and entry["data"]["verdict"] == "violation":
+                            out.append(entry["data"])
+                return out
+
+            deadline = time.monotonic() + 20
+            while sum(len(v["violations"]) for v in finals()) < 12 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert sum(len(v["violations"]) for v in finals()) == 12, daemon.log_text()
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://{daemon.target}/metrics", timeout=5) as resp:
+                metrics = resp.read().decode()
+            assert 'residency_audit_records_total{kind="verdict"}' in metrics
+            assert "residency_audit_write_errors_total 0.0" in metrics
+            assert "residency_audit_last_write_timestamp_seconds" in metrics
+            policy.write_text("policy: [not a policy\n")
+            daemon.signal(signal.SIGHUP)
+            time.sleep(1)
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+    entries = [json.loads(line) for seg in list_segments(audit) for line in lines(seg)]
+    kinds = [e["type"] for e in entries]
+    assert kinds[:3] == ["segment", "start", "policy"] and kinds[-2:] == ["stop", "checkpoint"]
+    assert entries[1]["data"]["interfaces"] == [pair.dev_b] and entries[1]["data"]["pseudonymized"]
+    assert entries[2]["data"]["result"] == "loaded" and entries[2]["data"]["trigger"] == "start"
+    refused = [e["data"] for e in entries if e["type"] == "policy" and
+               e["data"]["result"] == "refused"]
+    assert refused and refused[0]["trigger"] == "sighup" and refused[0]["errors"]
+    assert "alert_failure" in kinds
+    live = [e for e in entries if e["type"] == "verdict" and e["data"].get("stage") == "live"]
+    assert live and all(e["data"]["client_ip"].startswith("anon-") for e in live)
+    # each live verdict comes before the failure of the alert it caused
+    assert kinds.index("verdict") < kinds.index("alert_failure")
+    text = "\n".join(json.dumps(e) for e in entries)
+    for address in ("10.10.3.21", "192.168.1.23", "192.168.1.31"):
+        assert f'"{address}"' not in text
+    witness = [e for e in daemon.log_events() if e.get("event") == "audit_checkpoint"][-1]
+    assert witness["checkpoint_seq"] == entries[-1]["seq"]
+    res = CliRunner().invoke(main, ["audit", "verify", str(audit), "--witness",
+                                    f"{witness['checkpoint_seq']}:{witness['checkpoint_hash']}"])
+    assert res.exit_code == 0 and res.stdout.startswith(f"OK: {len(entries)} records"), \
+        res.output
+    scraped = daemon.log_text()
+    assert KEY.decode() not in scraped
