@@ -360,6 +360,7 @@ def _daemon_config(pair: NetnsPair, work: Path, alertmanager: str) -> list[str]:
         "  overrides: [{network: 45.60.10.0/24, country: US, label: mail relay}]",
         "alertmanager:", f"  urls: [{alertmanager}, {nobody}]", "  resend_interval: 2",
         "  timeout: 1", f"  labels: {{site: {SITE}}}",
+        f"audit: {{path: {work / 'audit'}}}",   # never the default under /var/lib
     ]
 
 
