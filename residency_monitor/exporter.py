@@ -21,6 +21,11 @@ module only routes, listens and wraps the socket in TLS.
   toolkit's ``RequireAndVerifyClientCert``). The handshake runs in the
   connection's own thread with a timeout, so a client that stalls it cannot
   hold up the accept loop and every other scrape.
+- ``--web.config.file``: the exporter-toolkit web configuration (TLS with
+  minimum version and client certificates, bcrypt basic-auth users, response
+  headers, a rate limit), re-read when it changes; see ``webconfig.py``. The
+  TLS context is chosen per connection, so a renewed certificate is served
+  without a restart.
 - One thread per connection (``ThreadingMixIn``): a scrape only copies a
   few counters, so it is served at once even while the capture thread is busy.
 """
@@ -42,6 +47,7 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .webconfig import TlsServerConfig, WebConfigFile, allowed_san
 
 __all__ = ["DEFAULT_ADDRESS", "DEFAULT_PORT", "Exporter"]
 
@@ -69,6 +75,16 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     block_on_close = False
     log: logging.Logger = logging.getLogger(__name__)
+    # the TLS context for a new connection (None: plain HTTP), and the client SANs it allows
+    tls_for_connection: Callable[[], tuple[ssl.SSLContext | None, tuple[str, ...]]] | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        if self.tls_for_connection is not None:
+            ctx, _ = self.tls_for_connection()
+            if ctx is not None:
+                sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves its own name (socket.getfqdn), which can
@@ -86,6 +102,11 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
             except (OSError, ValueError) as e:   # ssl.SSLError is an OSError
                 self.log.debug("TLS handshake with %s failed: %s", client_address, e)
                 return                           # process_request_thread closes it
+            sans = self.tls_for_connection()[1] if self.tls_for_connection else ()
+            if not allowed_san(request.getpeercert(), sans):
+                self.log.debug("client certificate of %s names none of client_allowed_sans",
+                               client_address)
+                return
         super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -135,8 +156,22 @@ def landing_page(info: dict[str, Any]) -> bytes:
             f"<table>{rows}</table></body></html>\n").encode()
 
 
+_NO_TLS = TlsServerConfig()
 _PAGE_HEADERS = [("X-Content-Type-Options", "nosniff"),
                  ("Content-Security-Policy", "default-src 'none'")]
+
+
+def _plain(start_response: StartResponse, status: str, body: bytes,
+           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), *(headers or [])])
+    return [body]
+
+
+def _tls_now(web: WebConfigFile) -> tuple[ssl.SSLContext | None, tuple[str, ...]]:
+    loaded = web.current()
+    tls = loaded.config.tls
+    return loaded.context, (tls.client_allowed_sans if tls is not None else ())
 
 
 class Exporter:
@@ -146,7 +181,11 @@ class Exporter:
                  port: int = DEFAULT_PORT, certfile: str | None = None,
                  keyfile: str | None = None, client_cafile: str | None = None,
                  landing: Callable[[], dict[str, Any]] | None = None,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None,
+                 web_config: WebConfigFile | None = None):
+        if web_config is not None and (certfile or keyfile or client_cafile):
+            raise ValueError("metrics TLS: configure it in the web config file "
+                             f"{web_config.path} or with the certificate options, not both")
         if client_cafile is not None and certfile is None:
             raise ValueError("metrics TLS: a client CA (mTLS) needs a server certificate too")
         if keyfile is not None and certfile is None:
@@ -155,6 +194,7 @@ class Exporter:
         self._port = port
         self.certfile, self.keyfile, self.client_cafile = certfile, keyfile, client_cafile
         self._landing = landing
+        self.web = web_config
         self.log = logger or logging.getLogger(__name__)
         self._metrics_app = make_wsgi_app(registry)
         self._server: _Server | None = None
@@ -162,7 +202,13 @@ class Exporter:
 
     @property
     def tls(self) -> bool:
+        if self.web is not None:
+            return self.web.current().context is not None
         return self.certfile is not None
+
+    @property
+    def auth(self) -> bool:
+        return self.web is not None and self.web.current().auth is not None
 
     @property
     def port(self) -> int:
@@ -183,9 +229,12 @@ class Exporter:
         ctx = _tls_context(self.certfile, self.keyfile, self.client_cafile) \
             if self.certfile else None
         server = self._listen()
-        if ctx is not None:
-            server.socket = ctx.wrap_socket(server.socket, server_side=True,
-                                            do_handshake_on_connect=False)
+        if self.web is not None:
+            web = self.web
+            server.tls_for_connection = lambda: _tls_now(web)
+        elif ctx is not None:
+            fixed = (ctx, ())
+            server.tls_for_connection = lambda: fixed
         server.set_app(self._app)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -208,12 +257,18 @@ class Exporter:
         return server
 
     def _log_start(self) -> None:
-        self.log.info("metrics at %smetrics%s", self.url,
-                      " (client certificates required)" if self.client_cafile else "")
-        if self.address in _ALL_INTERFACES and not self.tls:
-            self.log.warning("the metrics endpoint listens on all interfaces without TLS: "
-                             "anyone who can reach port %d reads the flow statistics "
-                             "(configure a certificate, or listen on 127.0.0.1)", self.port)
+        mtls = self.client_cafile or (self.web is not None and (
+            self.web.current().config.tls or _NO_TLS).client_auth_type != "NoClientCert")
+        self.log.info("metrics at %smetrics%s%s", self.url,
+                      " (client certificates required)" if mtls else "",
+                      " (basic auth)" if self.auth else "")
+        if self.address in _ALL_INTERFACES and not (self.tls and (self.auth or mtls)):
+            self.log.warning("the metrics endpoint listens on all interfaces %s: "
+                             "anyone who can reach port %d %s the flow statistics "
+                             "(configure TLS with basic auth or client certificates in "
+                             "--web.config.file, or listen on 127.0.0.1)",
+                             "without TLS" if not self.tls else "without authentication",
+                             self.port, "reads" if not self.tls else "can read")
 
     def stop(self) -> None:
         """Stop serving and close the socket (connections in flight finish on their own)."""
@@ -229,6 +284,26 @@ class Exporter:
     # -- WSGI
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self.web is None:
+            return self._route(environ, start_response)
+        web = self.web.current()
+        if web.bucket is not None and not web.bucket.take():
+            return _plain(start_response, "429 Too Many Requests", b"Too many requests\n")
+        if web.auth is not None and not web.auth.check(environ.get("HTTP_AUTHORIZATION")):
+            # the same answer for an unknown user, a wrong password or no header at all
+            return _plain(start_response, "401 Unauthorized", b"Unauthorized\n",
+                          [("WWW-Authenticate", 'Basic realm="residency-monitor"')])
+        extra = list(web.config.headers)
+        if not extra:
+            return self._route(environ, start_response)
+
+        def with_headers(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            names = {n.lower() for n, _ in extra}
+            return start_response(status, [h for h in headers if h[0].lower() not in names]
+                                  + extra, *exc)
+        return self._route(environ, with_headers)
+
+    def _route(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if path == "/metrics":
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
