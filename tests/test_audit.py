@@ -770,3 +770,26 @@ def test_the_running_daemon_keeps_a_verifiable_audit_log(tmp_path):
         res.output
     scraped = daemon.log_text()
     assert KEY.decode() not in scraped
+
+
+def test_record_json_is_json_dumps_byte_for_byte(tmp_path):
+    """The audit's fast record encoder against the standard library, on real and odd records."""
+    import dataclasses
+
+    from residency_monitor.audit import record_json
+
+    recs = _sample_records()
+    for path in corpus_files()[:20]:
+        replay([path], recs.append, engine=Engine(sink=recs.append, enrich=Residency(
+            default_policy(), Geolocator(GeoConfig()))))
+    odd = dataclasses.replace(recs[0], tls_sni="naïve-\u2028\"q\"\\.example", notes=["a\nb", "ü"],
+                              dst_as_org="Ω Networks\x00", detection_latency_s=1e-7,
+                              ts_start=1.0e21, client_port=0, vlan=-1)
+    p = Pseudonymizer(KEY, DEFAULT_INTERNAL)
+    for rec in [*recs, odd]:
+        expected = json.dumps(rec.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        assert record_json(rec) == expected
+        assert record_json(rec, p) == json.dumps(p.record(rec.to_dict()), separators=(",", ":"),
+                                                 ensure_ascii=False)
+    with pytest.raises(ValueError):
+        record_json(dataclasses.replace(recs[0], detection_latency_s=float("nan")))

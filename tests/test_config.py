@@ -67,3 +67,19 @@ def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "missing.yaml")
     assert "missing.yaml" in str(err.value) and "cannot read" in str(err.value)
+
+
+def test_audit_section():
+    cfg = load_config(EXAMPLE)
+    assert cfg.audit.enabled and cfg.audit.path == "/var/lib/residency-monitor/audit"
+    assert cfg.audit.retention_days == 2192 and cfg.audit.fsync_interval == 1.0
+    assert cfg.audit == Config().audit          # the example documents the defaults
+    off = parse_config("audit: {enabled: false, all_flows: true, fsync_interval: 0}\n")
+    assert not off.audit.enabled and off.audit.all_flows and off.audit.fsync_interval == 0
+    with pytest.raises(ConfigError) as err:
+        parse_config("audit:\n  rotate_bytes: 10\n  compress: maybe\n  keyfile: x\n", "c.yaml")
+    assert str(err.value).splitlines() == [
+        "c.yaml:2: audit.rotate_bytes: 10 out of range (4096 to 1e+12)",
+        "c.yaml:3: audit.compress: expected true or false, got text 'maybe'",
+        "c.yaml:4: audit.keyfile: unknown key 'keyfile'",
+    ]
