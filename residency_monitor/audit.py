@@ -347,6 +347,7 @@ class AuditLog:
         self._checkpoint_seq = 0
         self._last_retention = 0.0
         self._broken = False
+        self._recovered = False     # the chain's end on disk is known (seq, head)
         self._lost = 0
         self._workers: list[threading.Thread] = []
         self.counts: dict[str, int] = dict.fromkeys(TYPES, 0)
@@ -405,6 +406,7 @@ class AuditLog:
                 continue
             break
         self.segment = segment_stem(segments[-1].name) if segments else None
+        self._recovered = True
         partial: int | None = None
         for path in reversed(segments):
             tail = _tail(path)
@@ -534,6 +536,11 @@ class AuditLog:
         lost = self._lost
         try:
             self._take_directory()
+            if not self._recovered:     # the first open failed: find the chain's end now
+                reason, partial = self._recover()
+                self._new_segment(reason, partial)
+                self._broken = False
+                return True
             discarded = 0
             if self.segment is not None:
                 current = self.directory / self.segment

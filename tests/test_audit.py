@@ -793,3 +793,20 @@ def test_record_json_is_json_dumps_byte_for_byte(tmp_path):
                                                  ensure_ascii=False)
     with pytest.raises(ValueError):
         record_json(dataclasses.replace(recs[0], detection_latency_s=float("nan")))
+
+
+def test_a_failed_first_open_continues_the_chain_when_it_succeeds(tmp_path):
+    clock = Clock()
+    write_log(tmp_path, 3, clock=clock)
+    clock.t += 5
+    blocker = AuditLog(tmp_path, clock=clock)   # holds the directory: the next open fails
+    blocker.open(strict=True)
+    late = AuditLog(tmp_path, clock=clock, compress=False)
+    late.open()                                  # not strict: carries on without the log
+    assert late.write_errors == 1 and late.append("verdict", {}) is None
+    blocker.close()
+    clock.t += 5
+    assert late.append("verdict", {}) is not None
+    late.close()
+    res = verify([tmp_path])
+    assert res.ok, res.summary()
