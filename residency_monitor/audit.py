@@ -658,7 +658,8 @@ class AuditLog:
         target = path.with_name(path.name + ".gz")
         tmp = path.with_name(path.name + ".gz.tmp")
         try:
-            with open(path, "rb") as src, open(tmp, "wb") as raw:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            with open(path, "rb") as src, open(fd, "wb") as raw:
                 with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=0) as gz:
                     while block := src.read(1 << 20):
                         gz.write(block)

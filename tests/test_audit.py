@@ -319,6 +319,7 @@ def test_gzip_segments_verify_and_a_damaged_one_is_named(tmp_path):
     segs = list_segments(tmp_path)
     assert len(segs) > 3 and all(s.name.endswith(".jsonl.gz") for s in segs[:-1])
     assert not list(tmp_path.glob("*.tmp"))
+    assert all(s.stat().st_mode & 0o777 == 0o640 for s in segs)
     assert gzip.decompress(segs[0].read_bytes()).startswith(b'{"seq":1,')
     res = verify([tmp_path])
     assert res.ok, res.summary()
