@@ -133,6 +133,8 @@ class Daemon:
         if rec.final:
             self.metrics.observe_record(rec)
             if rec.verdict == "violation" and self.alerts is not None:
+                if self.audit_log is not None:
+                    self.audit_log.flush()    # on disk before anyone is told
                 # Most violations were alerted live; this catches those only a flow's end
                 # shows (no handshake ever completed). Re-raising one is a no-op refresh.
                 for alert in record_alerts(rec, self.policy, self._pseudonym):
@@ -158,6 +160,8 @@ class Daemon:
                           if facts.tls_version else None,
                           dst_country=facts.country, verdict=verdict))
         if self.alerts is not None:
+            if self.audit_log is not None:
+                self.audit_log.flush()    # the evidence on disk before the alert leaves
             for alert in violation_alerts(flow, verdict, facts, ts, self.policy,
                                           self._pseudonym):
                 self.alerts.submit(alert)

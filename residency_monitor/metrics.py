@@ -34,6 +34,8 @@ Flows and bytes (from final records; bytes also from interim records)
 
 Visibility (judged outbound flows: the compliance summary's definitions)
   ``residency_outbound_bytes_total``: bytes (both directions) of judged outbound flows.
+  ``residency_outbound_sent_bytes_total{network_zone, country}``: what internal clients
+  sent in them, by destination country ("unlocated" when unknown): the data-flow map.
   ``residency_outbound_located_bytes_total``: of those, with a located destination.
   ``residency_outbound_classified_bytes_total``: located and with the encryption
   established (no ``no_handshake`` violation): what the monitor could fully judge.
@@ -190,6 +192,9 @@ _SPECS: dict[str, _Spec] = {s.name: s for s in (
           "Judged outbound flows whose destination was located, by who located it.",
           ("source",)),
     _Spec("residency_outbound_bytes", "counter", "Bytes of judged outbound flows."),
+    _Spec("residency_outbound_sent_bytes", "counter",
+          "Bytes internal clients sent in judged outbound flows, by zone and destination "
+          "country (the data-flow map).", ("network_zone", "country")),
     _Spec("residency_outbound_located_bytes", "counter",
           "Bytes of judged outbound flows whose destination was located."),
     _Spec("residency_outbound_classified_bytes", "counter",
@@ -247,7 +252,8 @@ METRIC_NAMES: tuple[str, ...] = tuple(_SPECS)
 _TALLY_COUNTERS: tuple[str, ...] = (
     "residency_flows", "residency_sent_bytes", "residency_received_bytes",
     "residency_violations", "residency_exemptions", "residency_tls_handshakes",
-    "residency_flows_located", "residency_outbound_bytes", "residency_outbound_located_bytes",
+    "residency_flows_located", "residency_outbound_bytes", "residency_outbound_sent_bytes",
+    "residency_outbound_located_bytes",
     "residency_outbound_classified_bytes", "residency_policy_reloads")
 
 
@@ -422,6 +428,7 @@ class Metrics:
             return
         total = sent + received
         t.add("residency_outbound_bytes", (), total)
+        t.add("residency_outbound_sent_bytes", (_zone(rec.zone), _country(rec.dst_country)), sent)
         if rec.dst_country is not None:
             t.add("residency_outbound_located_bytes", (), total)
             if "no_handshake" not in rec.violations:

@@ -99,7 +99,7 @@ class FlowRecord:
     def to_json(self) -> str:
         # orjson: 14 us a record with json.dumps, a third of a record's whole cost (measured
         # on the bench capture); same compact UTF-8 JSON
-        return orjson.dumps(self.to_dict()).decode()
+        return orjson.dumps(self).decode()   # orjson reads the dataclass's fields in order
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FlowRecord))
