@@ -132,6 +132,14 @@ def test_bytes_match_the_records_and_the_compliance_summary(registry, metrics, s
     assert _value(registry, "residency_outbound_classified_bytes_total") == summary.judged_bytes
     assert _value(registry, "residency_visibility_ratio") == pytest.approx(
         summary.judged_bytes / summary.outbound_bytes)
+    # the data-flow map: what each zone sent to each country, from the records themselves
+    judged = [r for r in recs if r.verdict in ("compliant", "violation", "exempt")]
+    expected: Counter[tuple[str, str]] = Counter()
+    for r in judged:
+        expected[(r.zone or "none", r.dst_country or "unlocated")] += r.bytes_out
+    got = _samples(registry, "residency_outbound_sent_bytes_total")
+    assert {(dict(labels)["network_zone"], dict(labels)["country"]): v
+            for labels, v in got.items()} == expected and len(expected) >= 3
 
 
 def test_visibility_counts_unlocated_and_unfinished_handshakes(registry, metrics, sample):
