@@ -27,7 +27,9 @@ class DaemonProcess:
     """One daemon with its own configuration file, JSON log and flow-record file.
 
     ``config`` holds the YAML lines of everything but the metrics address and
-    the records file, which are filled in here (a free port, the work dir).
+    the records file, which are filled in here (a free port, the work dir), and
+    the audit log, which goes to the work dir too unless ``config`` says where:
+    a test must never write into the gateway's own /var/lib audit log.
     """
 
     def __init__(self, workdir: Path, config: list[str], name: str = "daemon"):
@@ -40,6 +42,8 @@ class DaemonProcess:
         self.config = workdir / "config.yaml"
         lines = [*config, "metrics:", "  listen_address: 127.0.0.1", f"  port: {self.port}",
                  f"records: {self.records}", "log: {format: json, level: info}"]
+        if not any(line.startswith("audit:") for line in config):
+            lines.append(f"audit: {{path: {workdir / 'audit'}}}")
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
