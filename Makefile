@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests drive for real: tshark (cross-checks), tcpdump (benchmark floor),
 # prometheus + prometheus-alertmanager (end-to-end), tcpreplay, libpcap (BPF), iproute2 (netns),
-# systemd (systemd-analyze checks the unit)
-DEB_PACKAGES := tshark tcpdump prometheus prometheus-alertmanager tcpreplay libpcap0.8 iproute2 systemd
+# systemd (systemd-analyze checks the unit), chromium (renders the HTML evidence report)
+DEB_PACKAGES := tshark tcpdump prometheus prometheus-alertmanager tcpreplay libpcap0.8 iproute2 \
+	systemd chromium
 
 .PHONY: run replay test install install-test deb-packages bench clean
 
