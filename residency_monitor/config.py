@@ -76,7 +76,9 @@ class Config:
 _TOP = ((), ("capture", "internal_networks", "flows", "policy", "geo", "metrics",
              "alertmanager", "records", "log", "audit"))
 _CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns"))
-_FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows"))
+_FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows",
+               "reassembly_bytes_per_flow", "reassembly_bytes_total", "datagram_bytes_total",
+               "dns_max_addresses"))
 _GEO = ((), ("databases", "asn_databases", "overrides", "embedded", "reload_check_seconds"))
 _OVERRIDE = (("network", "country"), ("label",))
 _METRICS = ((), ("listen_address", "port", "tls_cert_file", "tls_key_file", "client_ca_file"))
@@ -144,12 +146,23 @@ def _flows(r: _Reader, top: dict) -> FlowConfig:
     def seconds(key: str, default: float, low: float = 1.0) -> float:
         return _get(r, m, "flows", key, lambda n, p: r.number(n, p, low, 86400 * 7), default)
 
+    def whole(key: str, default: int, low: int, high: int) -> int:
+        return _get(r, m, "flows", key, lambda n, p: r.integer(n, p, low, high), default)
+
     udp = seconds("udp_idle", d.udp_idle)
+    per_flow = whole("reassembly_bytes_per_flow", d.reassembly_bytes_per_flow, 2 << 10, 16 << 20)
+    total = whole("reassembly_bytes_total", d.reassembly_bytes_total, 64 << 10, 64 << 30)
+    if total < per_flow and "reassembly_bytes_total" in m:
+        r.error(m["reassembly_bytes_total"], "flows.reassembly_bytes_total",
+                f"smaller than reassembly_bytes_per_flow ({per_flow}): no handshake would fit")
     return FlowConfig(
         tcp_idle=seconds("tcp_idle", d.tcp_idle), tcp_closed=seconds("tcp_closed", d.tcp_closed, 0),
         udp_idle=udp, other_idle=udp, active=seconds("active_timeout", d.active),
-        max_flows=_get(r, m, "flows", "max_flows", lambda n, p: r.integer(n, p, 1, 100_000_000),
-                       d.max_flows))
+        max_flows=whole("max_flows", d.max_flows, 1, 100_000_000),
+        reassembly_bytes_per_flow=per_flow, reassembly_bytes_total=total,
+        max_reassembly_bytes=whole("datagram_bytes_total", d.max_reassembly_bytes,
+                                   64 << 10, 64 << 30),
+        dns_max_addresses=whole("dns_max_addresses", d.dns_max_addresses, 1, 100_000_000))
 
 
 def _geo(r: _Reader, top: dict) -> GeoConfig:

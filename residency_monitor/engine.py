@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import decode as dec
+from .dns import NameMap
 from .flows import Flow, FlowConfig, FlowTable
-from .inspect import DEFAULT_CAP, Inspection
+from .inspect import Inspection
 from .networks import DEFAULT_INTERNAL, NetworkSet
 from .records import Enricher, FlowRecord, build
 
@@ -27,7 +28,8 @@ LiveJudge = Callable[[Flow, float, str], None]
 class EngineConfig:
     flows: FlowConfig = field(default_factory=FlowConfig)
     internal_networks: tuple[str, ...] = DEFAULT_INTERNAL
-    reassembly_cap: int = DEFAULT_CAP
+    #: handshake bytes per TCP direction; None: half of ``flows.reassembly_bytes_per_flow``
+    reassembly_cap: int | None = None
     inspect: bool = True
 
 
@@ -48,7 +50,11 @@ class Engine:
                  live: LiveJudge | None = None, enrich: Enricher | None = None):
         self.config = config or EngineConfig()
         self.internal = NetworkSet(self.config.internal_networks)
-        self.inspection = Inspection(self.config.reassembly_cap) if self.config.inspect else None
+        fc = self.config.flows
+        cap = self.config.reassembly_cap or max(1, fc.reassembly_bytes_per_flow // 2)
+        self.inspection = Inspection(
+            cap, NameMap(max_entries=fc.dns_max_addresses),
+            fc.reassembly_bytes_total) if self.config.inspect else None
         self.table = FlowTable(self.config.flows, self.inspection)
         self.sink = sink or (lambda r: None)
         self.live = live
@@ -56,6 +62,8 @@ class Engine:
         self.enrich = enrich
         self.packets = 0
         self.bad: Counter[str] = Counter()          # "malformed", "truncated", ... -> frames
+        # malformed and truncated frames again, by the protocol whose header was broken
+        self.bad_protocol: Counter[str] = Counter()
         self.first_issue: dict[str, DecodeIssue] = {}
         self.records = 0
 
@@ -102,6 +110,8 @@ class Engine:
     def _bad(self, d: tuple, n: int, source: str) -> None:
         kind = dec.KIND_NAMES.get(d[0], "other")
         self.bad[kind] += 1
+        if d[0] == dec.MALFORMED or d[0] == dec.TRUNCATED:
+            self.bad_protocol[malformed_protocol(d[1])] += 1
         if kind not in self.first_issue:
             self.first_issue[kind] = DecodeIssue(kind, d[1], n, source)
 
@@ -127,3 +137,21 @@ class Engine:
     @property
     def inspect_errors(self) -> dict[str, int]:
         return dict(self.inspection.errors) if self.inspection else {}
+
+
+#: protocol names in decode's reasons, and the label they are counted under
+_REASON_PROTOCOLS = (("IPv4", "ipv4"), ("IPv6", "ipv6"), ("TCP", "tcp"), ("UDP", "udp"),
+                     ("ICMP", "icmp"))
+MALFORMED_PROTOCOLS = ("link", *(label for _, label in _REASON_PROTOCOLS))
+
+
+def malformed_protocol(reason: str) -> str:
+    """The protocol whose header a decode failure's reason names (``link`` below IP).
+
+    Reasons are decode.py's fixed strings ("bad TCP data offset", "IPv6 header"),
+    so the label set is bounded whatever the traffic.
+    """
+    for word, label in _REASON_PROTOCOLS:
+        if word in reason:
+            return label
+    return "link"

@@ -32,7 +32,15 @@ END_FIN, END_RST, END_IDLE, END_ACTIVE, END_CAPTURE, END_EVICTED, END_REUSED = (
 
 @dataclass(frozen=True, slots=True)
 class FlowConfig:
-    """Timeouts in seconds of packet time, and the table's bound."""
+    """Timeouts in seconds of packet time, and the bounds on memory.
+
+    The bounds are what a flood can fill, so each is configurable (the
+    daemon's ``flows:`` section) and each excess is evicted and counted:
+    ``max_flows`` flows, ``reassembly_bytes_per_flow`` handshake bytes per TCP
+    flow (half per direction) and ``reassembly_bytes_total`` across all flows,
+    ``max_reassembly_bytes`` of fragmented UDP datagrams, and
+    ``dns_max_addresses`` server addresses in the DNS name map.
+    """
 
     tcp_idle: float = 300.0
     tcp_closed: float = 30.0
@@ -47,6 +55,13 @@ class FlowConfig:
     # seconds each (Linux's ipfrag_time), the oldest given up first
     max_reassembly_bytes: int = 4 << 20
     fragment_timeout: float = 30.0
+    # TCP handshakes are reassembled up to half this per direction (a ClientHello with a
+    # post-quantum key share is 2 KB, a certificate chain 5-20 KB); all in-progress
+    # handshakes together hold at most reassembly_bytes_total (see inspect.HandshakeBudget)
+    reassembly_bytes_per_flow: int = 128 << 10
+    reassembly_bytes_total: int = 64 << 20
+    # server addresses whose DNS names are remembered (dns.NameMap's bound)
+    dns_max_addresses: int = 200_000
 
 
 class Inspector(Protocol):
@@ -327,6 +342,9 @@ class FlowTable:
             self.stats["flows_evicted"] += 1
 
     def _end(self, f: Flow, reason: str) -> None:
+        insp = f.insp
+        if insp is not None and insp.held:  # a handshake in progress: its bytes are freed
+            insp.release()
         table = self._tables[f.proto]
         del table[f.ckey]
         table.pop(reverse_key(f.ckey), None)

@@ -7,6 +7,12 @@ payload is reassembled per direction (at most ``cap`` bytes each) and
 re-parsed as it grows; the TLS parser is pure and stateless, so re-parsing a
 few kilobytes a few times per connection is cheaper than keeping parser
 state for every flow.
+
+Memory: each direction holds at most ``cap`` bytes, and all in-progress TCP
+handshakes together at most :class:`HandshakeBudget`'s limit. Past that limit
+the handshake whose buffers grew least recently gives them up (its flow is
+still tracked and judged; its record says why the handshake was not read), so
+a flood of half-sent handshakes cannot hold more than the limit.
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ from .wire import ParseError
 
 #: bytes buffered per direction before giving up on a handshake
 DEFAULT_CAP = 65536
+#: bytes buffered by all in-progress TCP handshakes together (1,024 full-cap directions)
+DEFAULT_TOTAL = 64 << 20
+NOTE_CAP = "handshake larger than the reassembly cap"
+NOTE_BOUND = "handshake buffers given up: reassembly memory bound reached"
 
 
 class Handshake:
     """What inspection learnt about one flow (read when its record is built)."""
 
     payload_seen = True  # class-level: the flow carried payload (see AwaitPayload)
+    held = 0             # class-level: bytes counted in the HandshakeBudget (TcpInspector's own)
 
     __slots__ = ("app", "client_hello", "server_hello", "client_hellos", "server_hellos",
                  "hrr", "tls_error", "decided_at", "note", "server_names")
@@ -49,10 +60,10 @@ class TcpInspector(Handshake):
     """Reassembles both directions' first bytes and parses the handshake."""
 
     __slots__ = ("bufs", "done_side", "server_port", "cap", "errors", "tls_start", "starttls",
-                 "http", "dns", "dns_seen")
+                 "http", "dns", "dns_seen", "budget", "held")
 
     def __init__(self, server_port: int, cap: int, errors: Counter,
-                 dns_watcher: DnsWatcher | None = None):
+                 dns_watcher: DnsWatcher | None = None, budget: HandshakeBudget | None = None):
         super().__init__()
         self.bufs: list[StreamBuffer | None] = [None, None]  # [server->client, client->server]
         self.done_side = [False, False]
@@ -64,15 +75,22 @@ class TcpInspector(Handshake):
         self.http: tuple[str, str | None] | None = None   # first request's (method, host)
         self.dns = dns_watcher      # DNS over TCP: answers go to the shared name map
         self.dns_seen = 0           # answers of this stream already learnt
+        self.budget = budget if budget is not None else HandshakeBudget(1 << 62)
+        self.held = 0               # bytes of both directions, as counted by the budget
 
     def feed(self, flow: Flow, from_client: bool, ts: float, d: tuple, frame: bytes) -> bool:
+        if self.bufs is _NO_BUFFERS:  # the budget took the buffers: done, unread
+            return self._finish(ts, None)
         flags, seq, plen = d[4], d[5], d[7]
         side = 1 if from_client else 0
         buf = self.bufs[side]
         if flags & SYN:  # only a SYN with data (TCP Fast Open) gets here: see AwaitPayload
             if buf is None:
                 buf = self.bufs[side] = StreamBuffer(self.cap)
-            buf.set_isn(seq)
+            before = buf.buffered_bytes
+            buf.set_isn(seq)   # may re-home (and drop) bytes held under an inferred start
+            if buf.buffered_bytes != before:
+                self.budget.grow(self, buf.buffered_bytes - before)
             seq = (seq + 1) & 0xFFFFFFFF
         if plen <= 0:
             return bool(flags & RST) and self._finish(ts, "reset before handshake")
@@ -81,11 +99,30 @@ class TcpInspector(Handshake):
         if buf is None:
             buf = self.bufs[side] = StreamBuffer(self.cap)
         off = d[6]
-        if not buf.add(seq, frame[off:off + plen]):
+        before = buf.buffered_bytes
+        changed = buf.add(seq, frame[off:off + plen])
+        grown = buf.buffered_bytes - before
+        if grown:
+            self.budget.grow(self, grown)
+            if self.bufs is _NO_BUFFERS:  # over the bound, and this handshake was the one
+                return self._finish(ts, None)
+        if not changed:
             if buf.overflowed:
-                return self._give_up(side, ts, "handshake larger than the reassembly cap")
+                return self._give_up(side, ts, NOTE_CAP)
             return False
         return self._analyse(ts, flow)
+
+    def drop_buffers(self) -> None:
+        """The budget gave up this handshake: free its bytes; the next packet finishes it."""
+        if not self.note:
+            self.note = NOTE_BOUND
+        self.bufs = _NO_BUFFERS
+        self.done_side = _BOTH_DONE
+
+    def release(self) -> None:
+        """The flow ended (or the handshake was read): its bytes leave the budget."""
+        if self.held:
+            self.budget.release(self)
 
     def _analyse(self, ts: float, flow: Flow) -> bool:
         if self.app is None:
@@ -200,11 +237,71 @@ class TcpInspector(Handshake):
             self.note = note
         self.bufs = _NO_BUFFERS  # stop buffering: free the bytes now
         self.done_side = _BOTH_DONE
+        if self.held:
+            self.budget.release(self)
         return True
 
 
 _NO_BUFFERS: list[StreamBuffer | None] = [None, None]   # shared by finished inspectors
 _BOTH_DONE = [True, True]
+
+
+class HandshakeBudget:
+    """The bytes all in-progress TCP handshakes hold, and the bound on them.
+
+    Each :class:`TcpInspector` reports how much its buffers grew or shrank.
+    Over ``limit``, the inspectors whose buffers grew least recently give them
+    up first: a legitimate handshake grows every round trip until it is read,
+    while a flood of half-sent handshakes (or of segments that only fill
+    gaps) must keep sending fresh in-window bytes to every connection to stay
+    ahead, and stalls first. An attacker sending at R bytes/s can therefore
+    only push out a handshake that has not grown for ``limit / R`` seconds.
+    """
+
+    __slots__ = ("limit", "held", "peak", "dropped", "dropped_bytes", "_holders")
+
+    def __init__(self, limit: int = DEFAULT_TOTAL):
+        if limit < 1:
+            raise ValueError(f"the handshake reassembly bound must be positive, got {limit}")
+        self.limit = limit
+        self.held = 0              # bytes now
+        self.peak = 0              # the most ever held after trimming (<= limit)
+        self.dropped = 0           # handshakes whose buffers were given up
+        self.dropped_bytes = 0
+        # Inspectors holding bytes, least recently grown first (a dict keeps order, and
+        # moving a key to the end is a pop and an insert).
+        self._holders: dict[TcpInspector, None] = {}
+
+    def grow(self, insp: TcpInspector, delta: int) -> None:
+        self.held += delta
+        insp.held += delta
+        holders = self._holders
+        holders.pop(insp, None)
+        if insp.held > 0:
+            holders[insp] = None
+        if self.held > self.limit:
+            self._trim()
+        if self.held > self.peak:
+            self.peak = self.held
+
+    def release(self, insp: TcpInspector) -> None:
+        self.held -= insp.held
+        insp.held = 0
+        self._holders.pop(insp, None)
+
+    def _trim(self) -> None:
+        holders = self._holders
+        while self.held > self.limit and holders:
+            victim = next(iter(holders))
+            self.dropped += 1
+            self.dropped_bytes += victim.held
+            self.release(victim)
+            victim.drop_buffers()
+
+    @property
+    def holders(self) -> int:
+        """Handshakes holding bytes now."""
+        return len(self._holders)
 
 
 class AwaitPayload(Handshake):
@@ -228,8 +325,8 @@ class AwaitPayload(Handshake):
         if d[7] <= 0:
             return False
         key = flow.ckey
-        real = TcpInspector(key[-2] << 8 | key[-1], self.inspection.cap, self.inspection.errors,
-                            self.inspection.dns)
+        insp = self.inspection
+        real = TcpInspector(key[-2] << 8 | key[-1], insp.cap, insp.errors, insp.dns, insp.budget)
         real.server_names = self.inspection.names_for(flow)
         flow.insp = flow.hs = real
         return real.feed(flow, from_client, ts, d, frame)
@@ -370,8 +467,10 @@ def _payload(d: tuple, frame: bytes) -> bytes:
 class Inspection:
     """The inspector factory given to the flow table, with its error counters."""
 
-    def __init__(self, cap: int = DEFAULT_CAP, names: dns.NameMap | None = None):
+    def __init__(self, cap: int = DEFAULT_CAP, names: dns.NameMap | None = None,
+                 total: int = DEFAULT_TOTAL):
         self.cap = cap
+        self.budget = HandshakeBudget(total)
         self.errors: Counter[str] = Counter()
         self.names = names if names is not None else dns.NameMap()
         self.dns = DnsWatcher(self.names, self.errors)

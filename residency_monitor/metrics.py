@@ -57,8 +57,23 @@ Capture and the engine (read at scrape time)
   ``residency_packets_malformed_total{kind}``: frames that could not be decoded
   (``malformed``, ``truncated``, ``not_ip``, ``unknown_link``, ``other``).
   ``residency_handshake_errors_total{protocol}``: handshakes that failed to parse
-  (``tls``, ``quic``); the flow is kept.
+  (``tls``, ``quic``) and DNS answers that did not (``dns``); the flow is kept.
+  ``residency_malformed_headers_total{protocol}``: malformed and truncated frames
+  again, by the header that was broken (``link``, ``ipv4``, ``ipv6``, ``tcp``,
+  ``udp``, ``icmp``).
   ``residency_flows_evicted_total``: flows ended early because the table was full.
+
+Memory bounds under a flood (read at scrape time; see FlowConfig for the bounds)
+  ``residency_handshake_buffers_dropped_total``: in-progress TCP handshakes whose
+  buffers were given up because all of them together reached
+  ``reassembly_bytes_total`` (the flow is kept and judged, its record has a note).
+  ``residency_datagrams_dropped_total``: fragmented UDP datagrams given up (over
+  the byte bound, timed out, or inconsistent fragments).
+  ``residency_dns_addresses_evicted_total``: addresses the DNS name map forgot
+  before their TTL because it held ``dns_max_addresses``.
+  ``residency_reassembly_bytes{kind}``: bytes held now, ``handshake`` (TCP) or
+  ``datagram`` (IP fragments).
+  ``residency_dns_addresses``: addresses in the DNS name map now.
 
 Policy
   ``residency_policy_reloads_total{result}``: policy loads (the first at start
@@ -131,6 +146,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from .decode import KIND_NAMES
+from .engine import MALFORMED_PROTOCOLS
 from .policy import RULES, VERDICTS
 from .records import FlowRecord
 
@@ -216,6 +232,19 @@ _SPECS: dict[str, _Spec] = {s.name: s for s in (
     _Spec("residency_handshake_errors", "counter",
           "Handshakes that failed to parse (the flow is kept), by protocol.", ("protocol",)),
     _Spec("residency_flows_evicted", "counter", "Flows ended early because the table was full."),
+    _Spec("residency_malformed_headers", "counter",
+          "Malformed or truncated frames, by the protocol whose header was broken.",
+          ("protocol",)),
+    _Spec("residency_handshake_buffers_dropped", "counter",
+          "In-progress TCP handshakes whose buffers were given up at the reassembly bound."),
+    _Spec("residency_datagrams_dropped", "counter",
+          "Fragmented UDP datagrams given up (byte bound, timeout, inconsistent fragments)."),
+    _Spec("residency_dns_addresses_evicted", "counter",
+          "Addresses the DNS name map evicted before their TTL because it was full."),
+    _Spec("residency_reassembly_bytes", "gauge",
+          "Bytes held for reassembly now, TCP handshakes or IP-fragmented datagrams.",
+          ("kind",)),
+    _Spec("residency_dns_addresses", "gauge", "Server addresses in the DNS name map."),
     _Spec("residency_policy_reloads", "counter",
           "Policy loads, the first included, by result.", ("result",)),
     _Spec("residency_policy", "info", "The residency policy in force.",
@@ -591,11 +620,12 @@ class _Collector(Collector):
         bad = {k: 0 for k in (*KIND_NAMES.values(), "other")}
         bad.update(_stable(lambda: dict(eng.bad)))
         yield _labelled("residency_packets_malformed", bad)
-        errors = {"tls": 0, "quic": 0}
+        errors = {"tls": 0, "quic": 0, "dns": 0}
         if eng.inspection is not None:
             errors.update(_stable(lambda: dict(eng.inspection.errors)))
         yield _labelled("residency_handshake_errors", errors)
         yield _single("residency_flows_evicted", eng.table.stats.get("flows_evicted", 0))
+        yield from _bounds(eng)
 
     def _capture(self) -> Iterator[Metric]:
         read = self._m._capture_stats
@@ -655,6 +685,23 @@ class _Collector(Collector):
         if stats.get("last_write") is not None:
             last.add_metric([], float(stats["last_write"]))
         yield last
+
+
+def _bounds(eng: Any) -> Iterator[Metric]:
+    """What a flood fills, and what was given up at each bound (engine.py, inspect.py)."""
+    headers = dict.fromkeys(MALFORMED_PROTOCOLS, 0)
+    headers.update(_stable(lambda: dict(eng.bad_protocol)))
+    yield _labelled("residency_malformed_headers", headers)
+    insp = eng.inspection
+    yield _single("residency_handshake_buffers_dropped",
+                  insp.budget.dropped if insp is not None else 0)
+    yield _single("residency_datagrams_dropped", eng.table.stats.get("datagrams_dropped", 0))
+    names = insp.names.stats if insp is not None else {"evicted": 0, "entries": 0}
+    yield _single("residency_dns_addresses_evicted", names["evicted"])
+    yield _labelled("residency_reassembly_bytes",
+                    {"handshake": insp.budget.held if insp is not None else 0,
+                     "datagram": eng.table.reassembly_bytes})
+    yield _single("residency_dns_addresses", names["entries"])
 
 
 def _policy_families(policy: _PolicyState) -> Iterable[Metric]:

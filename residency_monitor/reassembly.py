@@ -81,7 +81,7 @@ class StreamBuffer:
 
     __slots__ = (
         "_cap", "_max_held", "_base", "_fixed", "_chunks", "_spill", "_cache", "_size",
-        "_hstarts", "_hdata", "_segments", "_ooo", "_overlap", "_dropped", "_moves",
+        "_hstarts", "_hdata", "_hbytes", "_segments", "_ooo", "_overlap", "_dropped", "_moves",
     )
 
     def __init__(self, cap: int = 65536, *, max_held: int = 128) -> None:
@@ -108,6 +108,7 @@ class StreamBuffer:
         # Held out-of-order pieces: sorted, disjoint, all starting past _size.
         self._hstarts: list[int] = []
         self._hdata: list[bytes] = []
+        self._hbytes = 0  # their total length: read per segment by the memory bound
 
     # -- input -----------------------------------------------------------------
 
@@ -250,17 +251,22 @@ class StreamBuffer:
                 self._dropped += len(piece)
                 return
             starts.pop()
-            self._dropped += len(datas.pop())
+            gone = len(datas.pop())
+            self._dropped += gone
+            self._hbytes -= gone
         i = bisect_right(starts, pos)
         starts.insert(i, pos)
         datas.insert(i, piece)
+        self._hbytes += len(piece)
 
     def _drain(self) -> None:
         """Move held pieces that now touch the prefix onto it."""
         starts, datas = self._hstarts, self._hdata
         while starts and starts[0] == self._size:
             del starts[0]
-            self._append(datas.pop(0))
+            piece = datas.pop(0)
+            self._hbytes -= len(piece)
+            self._append(piece)
 
     def _append(self, piece: bytes) -> None:
         chunks = self._chunks
@@ -303,7 +309,7 @@ class StreamBuffer:
     @property
     def buffered_bytes(self) -> int:
         """Payload bytes held: the prefix plus out-of-order pieces (never above ``cap``)."""
-        return self._size + sum(map(len, self._hdata))
+        return self._size + self._hbytes
 
     @property
     def held_segments(self) -> int:

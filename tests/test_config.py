@@ -83,3 +83,43 @@ def test_audit_section():
         "c.yaml:3: audit.compress: expected true or false, got text 'maybe'",
         "c.yaml:4: audit.keyfile: unknown key 'keyfile'",
     ]
+
+
+def test_memory_bounds_are_configurable_and_reach_the_engine():
+    from residency_monitor.engine import Engine, EngineConfig
+
+    cfg = load_config(EXAMPLE)
+    assert cfg.flows == Config().flows          # the example documents the defaults
+    small = parse_config("flows: {max_flows: 5000, reassembly_bytes_per_flow: 8192,\n"
+                         "        reassembly_bytes_total: 1048576, datagram_bytes_total: 65536,\n"
+                         "        dns_max_addresses: 2000}\n")
+    f = small.flows
+    assert (f.max_flows, f.reassembly_bytes_per_flow, f.reassembly_bytes_total,
+            f.max_reassembly_bytes, f.dns_max_addresses) == (5000, 8192, 1 << 20, 65536, 2000)
+    # as the daemon builds its engine: the flows section alone carries every bound
+    engine = Engine(EngineConfig(flows=f))
+    assert engine.inspection is not None
+    assert engine.inspection.cap == 4096 and engine.inspection.budget.limit == 1 << 20
+    assert engine.inspection.names.max_entries == 2000
+
+
+def test_memory_bounds_are_validated():
+    text = """flows:
+  reassembly_bytes_per_flow: 100
+  dns_max_addresses: 0.5
+  datagram_bytes_total: yes
+flows2: 1
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("c.yaml:2: flows.reassembly_bytes_per_flow: 100 out of range "
+                               "(2048 to ")
+    assert lines[1].startswith("c.yaml:3: flows.dns_max_addresses: ")
+    assert lines[2].startswith("c.yaml:4: flows.datagram_bytes_total: ")
+    assert lines[3].startswith("c.yaml:5: flows2: unknown key 'flows2'")
+    with pytest.raises(ConfigError) as err:
+        parse_config("flows: {reassembly_bytes_per_flow: 1048576, "
+                     "reassembly_bytes_total: 524288}\n", "c.yaml")
+    assert str(err.value) == ("c.yaml:1: flows.reassembly_bytes_total: smaller than "
+                              "reassembly_bytes_per_flow (1048576): no handshake would fit")
