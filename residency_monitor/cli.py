@@ -204,10 +204,18 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
               help="Residency policy (YAML), instead of the configuration's.")
 @click.option("--web.listen-address", "listen", metavar="[ADDR]:PORT",
               help="Where /metrics is served (default 127.0.0.1:8749).")
+@click.option("--web.config.file", "web_config", metavar="PATH",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Prometheus exporter-toolkit web configuration (TLS, basic auth) for "
+                   "/metrics, instead of the configuration's metrics.web_config_file.")
+@click.option("--user", "user", metavar="NAME",
+              help="Started as root: switch to this user once capture sockets are open "
+                   "(the configuration's user:). Every capability is dropped either way.")
 @click.option("--log.format", "log_format", type=click.Choice(["auto", "json", "text"]),
               help="Log format (auto: JSON unless standard error is a terminal).")
 def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: Path | None,
-            listen: str | None, log_format: str | None) -> None:
+            listen: str | None, web_config: Path | None, user: str | None,
+            log_format: str | None) -> None:
     """Monitor live traffic: verdicts, Prometheus metrics, Alertmanager alerts.
 
     Exit status: 0 stopped by a signal, 2 configuration error (config,
@@ -230,6 +238,15 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
         changes["policy"] = str(policy_path)
     if listen:
         changes["metrics"] = _listen(config.metrics, listen)
+    if web_config:
+        metrics = changes.get("metrics", config.metrics)
+        if metrics.tls_cert_file or metrics.client_ca_file:
+            raise Refused(f"--web.config.file: {config.source} sets metrics.tls_cert_file or "
+                          "client_ca_file; configure TLS in one place (the web config file's "
+                          "tls_server_config)")
+        changes["metrics"] = dataclasses.replace(metrics, web_config_file=str(web_config))
+    if user:
+        changes["user"] = user
     config = dataclasses.replace(config, **changes)
     setup_logging(log_format or config.log_format, config.log_level)
     policy = _policy(Path(config.policy) if config.policy else None)
@@ -237,8 +254,8 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
         geo = Geolocator(_with_default_databases(config.geo))
     except (GeoError, ValueError) as exc:
         raise Refused(f"geolocation: {exc}") from None
-    daemon = Daemon(config, policy, geo)
     try:
+        daemon = Daemon(config, policy, geo)
         daemon.start()
     except StartupError as exc:
         click.echo(f"residency-monitor: {exc}", err=True)

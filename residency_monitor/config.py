@@ -39,6 +39,8 @@ class MetricsSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     client_ca_file: str | None = None
+    # exporter-toolkit web config (TLS, basic auth, headers, rate limit); excludes tls_*
+    web_config_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,17 +73,19 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     log_format: str = "auto"                   # auto (json when not a terminal) | json | text
     log_level: str = "info"
+    user: str | None = None                    # started as root: switch to this user after open
 
 
 _TOP = ((), ("capture", "internal_networks", "flows", "policy", "geo", "metrics",
-             "alertmanager", "records", "log", "audit"))
+             "alertmanager", "records", "log", "audit", "user"))
 _CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns"))
 _FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows",
                "reassembly_bytes_per_flow", "reassembly_bytes_total", "datagram_bytes_total",
                "dns_max_addresses"))
 _GEO = ((), ("databases", "asn_databases", "overrides", "embedded", "reload_check_seconds"))
 _OVERRIDE = (("network", "country"), ("label",))
-_METRICS = ((), ("listen_address", "port", "tls_cert_file", "tls_key_file", "client_ca_file"))
+_METRICS = ((), ("listen_address", "port", "tls_cert_file", "tls_key_file", "client_ca_file",
+                 "web_config_file"))
 _AM = ((), ("urls", "queue_size", "resend_interval", "resolve_after", "timeout", "ca_file",
             "cert_file", "key_file", "bearer_token_file", "basic_auth", "labels"))
 _BASIC = (("username", "password_file"), ())
@@ -200,9 +204,17 @@ def _metrics(r: _Reader, top: dict) -> MetricsSettings:
         port=_get(r, m, "metrics", "port", lambda n, p: r.integer(n, p, 0, 65535), d.port),
         tls_cert_file=_get(r, m, "metrics", "tls_cert_file", r.text, None),
         tls_key_file=_get(r, m, "metrics", "tls_key_file", r.text, None),
-        client_ca_file=_get(r, m, "metrics", "client_ca_file", r.text, None))
+        client_ca_file=_get(r, m, "metrics", "client_ca_file", r.text, None),
+        web_config_file=_get(r, m, "metrics", "web_config_file", r.text, None))
     if bool(out.tls_cert_file) != bool(out.tls_key_file):
         r.error(top.get("metrics"), "metrics", "tls_cert_file and tls_key_file go together")
+    if out.web_config_file:
+        # Two sources of TLS settings would leave the admin guessing which one serves.
+        for key in ("tls_cert_file", "tls_key_file", "client_ca_file"):
+            if key in m:
+                r.error(m[key], f"metrics.{key}",
+                        "not with web_config_file: put TLS in the web config file's "
+                        "tls_server_config (cert_file, key_file, client_ca_file)")
     return out
 
 
@@ -277,7 +289,8 @@ def _build(r: _Reader, root: yaml.Node | None, source: str) -> Config:
                         lambda n, p: r.choice(n, p, ("auto", "json", "text")), "auto"),
         log_level=_get(r, log, "log", "level",
                        lambda n, p: r.choice(n, p, ("debug", "info", "warning", "error")),
-                       "info"))
+                       "info"),
+        user=_get(r, top, "", "user", r.text, None))
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from . import __version__, sdnotify
 from .alerts import AlertBook, AlertmanagerClient, ViolationAlert
@@ -35,12 +36,18 @@ from .geo import Geolocator
 from .metrics import Metrics
 from .networks import NetworkSet
 from .policy import FlowFacts, Policy, PolicyError, Verdict, default_policy, load_policy
+from .privileges import PrivilegeError, cap_names, drop_privileges
 from .pseudonym import KeyFileError, Pseudonymizer, load_key
 from .records import FlowRecord
 from .residency import Residency
 from .tls_names import version_name
+from .webconfig import WebConfigFile
+from .yamlcheck import ConfigError, Issue
 
 EXIT_OK, EXIT_CONFIG, EXIT_CAPTURE = 0, 2, 3
+# A capture interface vanished while running: with every capability dropped after start it
+# cannot be reopened, so exit for the supervisor to start afresh (3 would stop systemd's restarts).
+EXIT_CAPTURE_LOST = 4
 READ_TIMEOUT = 0.2          # seconds a capture read may wait: also the loop's idle tick
 SHUTDOWN_ALERT_WAIT = 5.0   # seconds to deliver pending alerts when stopping
 SEVERE = frozenset(("personal", "sensitive"))
@@ -88,10 +95,17 @@ class Daemon:
             rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous,
             netns=config.capture.netns))
         self.alerts: AlertmanagerClient | None = None   # started in start()
-        self.exporter = Exporter(
-            self.registry, address=config.metrics.listen_address, port=config.metrics.port,
-            certfile=config.metrics.tls_cert_file, keyfile=config.metrics.tls_key_file,
-            client_cafile=config.metrics.client_ca_file, landing=self._landing, logger=log)
+        self.web_config_refused = Counter(
+            "residency_web_config_refused", "Edits of the metrics web config file that were "
+            "refused (the previous configuration stays in force).", registry=self.registry)
+        try:
+            self.exporter = Exporter(
+                self.registry, address=config.metrics.listen_address, port=config.metrics.port,
+                certfile=config.metrics.tls_cert_file, keyfile=config.metrics.tls_key_file,
+                client_cafile=config.metrics.client_ca_file, landing=self._landing, logger=log,
+                web_config=self._web_config())
+        except (ConfigError, ValueError) as exc:
+            raise StartupError(EXIT_CONFIG, f"metrics web config refused:\n{exc}") from None
         self.records_out: TextIO | None = None
         self.metrics.policy_loaded(policy, "success")
         # The audit log (audit.py): opened in start(), written before any alert is submitted.
@@ -101,6 +115,23 @@ class Daemon:
         self._alert_audit: AlertFailureHandler | None = None
 
     # -- wiring ------------------------------------------------------------------------
+    def _web_config(self) -> WebConfigFile | None:
+        """The exporter-toolkit file; a bad one at start raises (exit 2), later it is refused."""
+        path = self.config.metrics.web_config_file
+        if not path:
+            return None
+        try:
+            return WebConfigFile(path, on_error=self._web_config_refused)
+        except OSError as exc:
+            raise ConfigError([Issue(path, 0, "", f"cannot read: {exc.strerror}")]) from None
+
+    def _web_config_refused(self, exc: Exception) -> None:
+        # Called from a scrape's thread when the edited file is broken: say so, keep serving.
+        self.web_config_refused.inc()
+        log.error("metrics web config refused; the previous one stays in force",
+                  extra={"event": "web_config_reload", "result": "failure",
+                         "errors": str(exc).splitlines()})
+
     def _alert_client(self) -> AlertmanagerClient | None:
         am = self.config.alertmanager
         if not am.urls:
@@ -210,19 +241,22 @@ class Daemon:
         except LiveCaptureError as exc:
             raise StartupError(EXIT_CAPTURE, f"capture: {exc}") from None
         try:
-            self.exporter.start()
+            self.exporter.bind()
         except OSError as exc:
             self.capture.close()
             raise StartupError(EXIT_CONFIG, f"metrics endpoint: {exc}") from None
         try:
+            if self.config.records:
+                self.records_out = open(  # noqa: SIM115 (closed in stop())
+                    self.config.records, "a", encoding="utf-8", buffering=1)
+            # Sockets open, port bound, no thread started yet: capabilities are per thread.
+            dropped = self._drop_privileges()
             self.alerts = self._alert_client()
         except StartupError:
             self.exporter.stop()
             self.capture.close()
             raise
-        if self.config.records:
-            self.records_out = open(  # noqa: SIM115 (closed in stop())
-                self.config.records, "a", encoding="utf-8", buffering=1)
+        self.exporter.start()
         self._open_audit()
         self.metrics.attach(engine=self.engine, capture_stats=self.capture.stats, geo=self.geo,
                             alerts=self.alerts, audit=self.audit_log)
@@ -230,14 +264,58 @@ class Daemon:
                                    "policy": self.policy.name, "sha256": self.policy.sha256,
                                    "metrics": f"{self.config.metrics.listen_address}:"
                                               f"{self.exporter.port}"})
+        dropped()   # after "start": the first event of a run stays the start
         sdnotify.ready(f"capturing on {', '.join(self.capture.interfaces)}")
+
+    def _drop_privileges(self) -> Callable[[], None]:
+        """Every capability goes (CAP_NET_RAW only opens sockets); root may become ``user``.
+
+        Returns the log call saying what was dropped, made once the daemon has started.
+        """
+        user = self.config.user
+        try:
+            import pwd
+
+            entry = pwd.getpwnam(user) if user else None
+        except KeyError:
+            raise StartupError(EXIT_CONFIG, f"user: no such user: {user}") from None
+        if entry is not None and os.geteuid() == 0 and self.config.audit.enabled:
+            try:
+                _hand_over(self.config.audit.path, entry.pw_uid, entry.pw_gid)
+            except OSError as exc:
+                raise StartupError(EXIT_CONFIG, f"audit: cannot give {exc.filename} to "
+                                                f"{user}: {exc.strerror}") from None
+        try:
+            done = drop_privileges(user)
+        except PrivilegeError as exc:
+            raise StartupError(EXIT_CONFIG, f"user: {exc}") from None
+        dropped = cap_names(done.before.get("CapPrm", 0) | done.before.get("CapAmb", 0)
+                            | done.before.get("CapInh", 0))
+        extra = {"event": "privileges", "uid": done.uid, "gid": done.gid, "dropped": dropped,
+                 "bounding_set_left": cap_names(done.after.get("CapBnd", 0))}
+        if done.warnings:
+            return lambda: log.warning("could not drop every capability: %s",
+                                       "; ".join(done.warnings),
+                                       extra={**extra, "errors": list(done.warnings)})
+        if done.uid == 0:
+            return lambda: log.warning("running as root (uid 0) without capabilities: configure "
+                                       "`user:` (or run --user) to leave root as well",
+                                       extra=extra)
+        return lambda: log.info("privileges dropped", extra=extra)
 
     def run(self) -> int:
         """The capture loop; returns the exit status."""
         watchdog = sdnotify.watchdog_interval()
         last_ping = last_geo = 0.0
         while not self.flags.stop:
-            frames = self.capture.read(READ_TIMEOUT)
+            try:
+                frames = self.capture.read(READ_TIMEOUT)
+            except LiveCaptureError as exc:
+                # Capabilities are gone, so the socket cannot be reopened: exit, be restarted.
+                log.error("capture lost: %s; exiting to be restarted (no capability is left "
+                          "to reopen it)", exc, extra={"event": "capture_lost"})
+                self.stop()
+                return EXIT_CAPTURE_LOST
             if frames:
                 self.engine.run(frames)
             now = time.time()
@@ -373,6 +451,14 @@ def record_alerts(rec: FlowRecord, policy: Policy,
         annotations=annotations,
         flow=flow_id(rec.client_ip, rec.server_ip, rec.server_port, rec.ts_start))
         for rule in rec.violations]
+
+
+def _hand_over(directory: str, uid: int, gid: int) -> None:
+    """Root switching user: give it the audit directory and files root left there."""
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    for path in [directory, *(os.path.join(directory, n) for n in os.listdir(directory))]:
+        if os.lstat(path).st_uid == 0:
+            os.lchown(path, uid, gid)
 
 
 def _log_checkpoint(records: int, head: str, seq: int, digest: str) -> None:

@@ -222,10 +222,13 @@ class Exporter:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
-    def start(self) -> None:
-        """Listen and serve in a daemon thread; OSError says so when the port is taken."""
+    def bind(self) -> None:
+        """Listen without serving yet: the daemon binds, drops its privileges, then serves.
+
+        (A thread started before the drop would keep the capabilities: they are per thread.)
+        """
         if self._server is not None:
-            raise RuntimeError("the exporter is already running")
+            raise RuntimeError("the exporter is already listening")
         ctx = _tls_context(self.certfile, self.keyfile, self.client_cafile) \
             if self.certfile else None
         server = self._listen()
@@ -237,6 +240,15 @@ class Exporter:
             server.tls_for_connection = lambda: fixed
         server.set_app(self._app)
         self._server = server
+
+    def start(self) -> None:
+        """Listen (unless bound) and serve in a daemon thread; OSError if the port is taken."""
+        if self._thread is not None:
+            raise RuntimeError("the exporter is already running")
+        if self._server is None:
+            self.bind()
+        server = self._server
+        assert server is not None
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="metrics-exporter", daemon=True)
         self._thread.start()
@@ -275,7 +287,8 @@ class Exporter:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        if self._thread is not None:    # shutdown() would wait forever for a loop never run
+            server.shutdown()
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
