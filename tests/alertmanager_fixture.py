@@ -19,6 +19,10 @@ pytest can no longer rewrite it and warns, and warnings are errors here.)
   ``stop()`` and ``start()`` (or ``restart()``) keep the port and the storage
   directory, for outage tests.
 - ``alertmanager_factory()``: more instances sharing the webhook (an HA pair).
+  ``web_config=`` (an exporter-toolkit file: TLS, basic auth) starts one
+  behind ``--web.config.file``; give ``tls_ca`` (then ``url`` is https://)
+  ``auth`` and ``client_cert`` (certificate, key) so that readiness checks and
+  ``get_alerts`` can get through.
 
 Everything is stopped and closed at teardown. A missing binary fails the test
 (``make test`` installs the Debian package); it does not skip.
@@ -26,9 +30,11 @@ Everything is stopped and closed at teardown. A missing binary fails the test
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -162,7 +168,10 @@ class Alertmanager:
 
     def __init__(self, workdir: Path, webhook_url: str, *, port: int | None = None,
                  group_wait: str = "0s", group_interval: str = "1s",
-                 repeat_interval: str = "1h", extra_args: tuple[str, ...] = ()) -> None:
+                 repeat_interval: str = "1h", extra_args: tuple[str, ...] = (),
+                 web_config: Path | None = None, tls_ca: str | None = None,
+                 auth: tuple[str, str] | None = None,
+                 client_cert: tuple[str, str] | None = None) -> None:
         self.binary = alertmanager_binary()
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -172,9 +181,16 @@ class Alertmanager:
             repeat_interval=repeat_interval, webhook_url=webhook_url))
         self.storage = workdir / "data"
         self.log_file = workdir / "alertmanager.log"
-        self.extra_args = extra_args
+        self.extra_args = extra_args + ((f"--web.config.file={web_config}",)
+                                        if web_config is not None else ())
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
+        # how this fixture itself talks to it (readiness, the API): the CA and the user
+        self._context = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        if self._context is not None and client_cert is not None:
+            self._context.load_cert_chain(*client_cert)
+        self._headers = {"Authorization": "Basic " + base64.b64encode(
+            ":".join(auth).encode()).decode()} if auth else {}
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -202,7 +218,7 @@ class Alertmanager:
             if not self.running:
                 self._fail("exited during start-up")
             try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                with self._open(self.url + "/-/ready", timeout=1) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -235,8 +251,12 @@ class Alertmanager:
     def get_alerts(self, **filters: str) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts`` (e.g. ``active="true"``, ``silenced="false"``)."""
         query = "&".join(f"{k}={v}" for k, v in filters.items())
-        with urllib.request.urlopen(f"{self.url}/api/v2/alerts?{query}", timeout=5) as r:
+        with self._open(f"{self.url}/api/v2/alerts?{query}", timeout=5) as r:
             return list(json.loads(r.read()))
+
+    def _open(self, url: str, timeout: float) -> Any:
+        request = urllib.request.Request(url, headers=self._headers)
+        return urllib.request.urlopen(request, timeout=timeout, context=self._context)
 
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
