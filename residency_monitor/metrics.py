@@ -108,6 +108,13 @@ Audit log (read at scrape time from the audit writer, see audit.py)
   ``residency_audit_last_write_timestamp_seconds``: when the last entry was
   written (alert when it stops moving while flows are seen).
 
+Flow export (registered by collector.py only when ``sources:`` are configured)
+  ``residency_flow_export_*``: datagrams, records, malformed datagrams,
+  data sets without a template and sampled records by ``protocol``
+  (``netflow_v5``, ``netflow_v9``, ``ipfix``, ``unknown``); joined and
+  unpaired one-direction records; templates held; exporters seen. See
+  :class:`~.collector.FlowExportMetrics`.
+
 Build
   ``residency_build_info{version, python}``.
 
@@ -460,7 +467,8 @@ class Metrics:
         t.add("residency_outbound_sent_bytes", (_zone(rec.zone), _country(rec.dst_country)), sent)
         if rec.dst_country is not None:
             t.add("residency_outbound_located_bytes", (), total)
-            if "no_handshake" not in rec.violations:
+            # flow export (rec.source) shows no handshake: located, never classified
+            if "no_handshake" not in rec.violations and rec.source == "capture":
                 t.add("residency_outbound_classified_bytes", (), total)
 
     def _account_flow(self, rec: FlowRecord) -> None:

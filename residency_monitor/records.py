@@ -92,6 +92,9 @@ class FlowRecord:
     explanation: str | None = None
     detected_at: float | None = None
     detection_latency_s: float | None = None
+    # Where the record came from: "capture" (live or replay), or a flow export protocol
+    # ("ipfix", "netflow_v9", "netflow_v5"; see collector.py), which carries no TLS metadata
+    source: str = "capture"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(zip(FIELD_NAMES, _FIELD_VALUES(self), strict=True))
