@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests drive for real: tshark (cross-checks), tcpdump (benchmark floor),
 # prometheus + prometheus-alertmanager (end-to-end), tcpreplay, libpcap (BPF), iproute2 (netns),
-# systemd (systemd-analyze checks the unit), chromium (renders the HTML evidence report)
+# systemd (systemd-analyze checks the unit), chromium (renders the HTML evidence report),
+# softflowd (exports captures as NetFlow/IPFIX to the collector)
 DEB_PACKAGES := tshark tcpdump prometheus prometheus-alertmanager tcpreplay libpcap0.8 iproute2 \
-	systemd chromium
+	systemd chromium softflowd
 
 .PHONY: run replay test install install-test deb-packages bench clean
 

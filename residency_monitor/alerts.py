@@ -54,6 +54,22 @@ RESOLVED_RETENTION = 900.0
 # Flows remembered per alert to tell a flow raised again from one more flow.
 RECENT_FLOWS = 64
 
+# Retries of an undelivered batch: exponential from BACKOFF_INITIAL, capped at
+# BACKOFF_MAX, with jitter. The cap is what an outage costs after it ends: alerts
+# queued meanwhile reach a recovered Alertmanager within BACKOFF_MAX seconds. A
+# refused connection costs one SYN, so a short cap is cheap even during long outages.
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 10.0
+
+# The coordinator's cycle walks the whole book. Woken by every submit during a burst
+# of violations (a flood of new destinations), it would hold the GIL most of the time
+# and stall the capture thread, which hands the GIL over at each of its system calls
+# (a flow table flushed at shutdown took 13 s instead of 2 for 50,000 flows). So after
+# a cycle that took d >= BUSY_CYCLE seconds it rests CYCLE_REST_RATIO x d: at most a
+# fifth of the time goes to cycling, and a small book still sends a lone alert at once.
+BUSY_CYCLE = 0.001
+CYCLE_REST_RATIO = 4.0
+
 # A repeat of a firing alert only refreshes annotations, which Alertmanager never
 # notifies about; sending each repeat at once would let one busy destination
 # flood Alertmanager (ntopng#2070), so refreshes wait at least this long.
@@ -132,6 +148,7 @@ class DueAlert:
     fresh: bool               # carries a detection not yet sent (not a periodic re-send)
     detected_at: float
     payload: dict[str, Any]   # the JSON object for POST /api/v2/alerts
+    news: bool = True         # a state Alertmanager was never sent: new, fresh or resolved
 
     @property
     def slot(self) -> tuple[int, bool]:
@@ -271,9 +288,10 @@ class AlertBook:
 
     def _emit(self, entry: _Entry, now: float) -> DueAlert:
         fresh = entry.fresh and not entry.resolved
+        news = fresh or entry.sent_resolved != entry.resolved
         item = DueAlert(key=entry.key, episode=entry.episode, resolved=entry.resolved,
                         fresh=fresh, detected_at=entry.detected_at,
-                        payload=self._payload(entry, now))
+                        payload=self._payload(entry, now), news=news)
         entry.last_sent = now
         entry.sent_resolved = entry.resolved
         entry.dirty = False
@@ -488,6 +506,7 @@ class _TargetQueue:
         self.sent = 0
         self.failed: collections.Counter[str] = collections.Counter()
         self.dropped = 0
+        self.resends_skipped = 0
         self.retries = 0
         self.attempt = 0          # consecutive failed attempts of the head batch
         self.retry_at = 0.0       # time.monotonic() before which the head is not retried
@@ -500,11 +519,20 @@ class _TargetQueue:
         dropped: list[DueAlert] = []
         with self.cond:
             for item in items:
-                self.version += 1
                 old = self.pending.get(item.slot)
+                if old is None and not item.news and \
+                        len(self.pending) >= self.client.queue_size:
+                    # A periodic re-send of an alert that is not queued (delivered before,
+                    # or dropped and counted then) must not push out an undelivered one:
+                    # during an outage each re-send round would drop, and count, the
+                    # whole queue again. The book re-sends it once there is room.
+                    self.resends_skipped += 1
+                    continue
+                self.version += 1
                 if old is not None and old.item.fresh:
                     # the oldest undelivered detection is the one the latency is about
                     item = _with_detection(item, True, old.item.detected_at)
+                # an existing slot keeps its place: a refresh neither reorders nor duplicates
                 self.pending[item.slot] = _Pending(item, self.version)
             while len(self.pending) > self.client.queue_size:
                 dropped.append(self.pending.popitem(last=False)[1].item)
@@ -521,7 +549,8 @@ class _TargetQueue:
     def stats(self) -> dict[str, Any]:
         with self.cond:
             return {"sent": self.sent, "failed": dict(self.failed), "queued": len(self.pending),
-                    "dropped": self.dropped, "retries": self.retries, "up": self.up}
+                    "dropped": self.dropped, "retries": self.retries, "up": self.up,
+                    "resends_skipped": self.resends_skipped}
 
     def _run(self) -> None:
         while True:
@@ -632,7 +661,7 @@ class _TargetQueue:
 
 def _with_detection(item: DueAlert, fresh: bool, detected_at: float) -> DueAlert:
     return DueAlert(key=item.key, episode=item.episode, resolved=item.resolved, fresh=fresh,
-                    detected_at=detected_at, payload=item.payload)
+                    detected_at=detected_at, payload=item.payload, news=item.news)
 
 
 def _describe(item: DueAlert) -> str:
@@ -659,8 +688,9 @@ class AlertmanagerClient:
                  basic_auth_username: str | None = None,
                  basic_auth_password_file: str | None = None, proxy_url: str | None = None,
                  on_delivered: DeliveredCallback | None = None,
-                 logger: logging.Logger | None = None, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+                 logger: logging.Logger | None = None,
+                 backoff_initial: float = BACKOFF_INITIAL, backoff_max: float = BACKOFF_MAX,
+                 clock: Callable[[], float] = time.time) -> None:
         if isinstance(urls, str):
             urls = [urls]
         if not urls:
@@ -682,6 +712,7 @@ class AlertmanagerClient:
         self.stop_event = threading.Event()
         self.drained = threading.Event()   # the coordinator's last hand-off is done
         self.closing = False
+        self._close_requested = threading.Event()   # cuts the coordinator's rest short
         self.submitted = 0
         self._firing = 0
         self._targets = [
@@ -717,6 +748,7 @@ class AlertmanagerClient:
         """
         deadline = time.monotonic() + timeout
         self.closing = True
+        self._close_requested.set()
         self._wake.set()
         self._coordinator.join(max(0.0, deadline - time.monotonic()))
         for t in self._targets:
@@ -749,7 +781,8 @@ class AlertmanagerClient:
             "sent": sum(s["sent"] for s in per.values()), "failed": dict(failed),
             "queued": sum(s["queued"] for s in per.values()),
             "dropped": sum(s["dropped"] for s in per.values()),
-            "retries": sum(s["retries"] for s in per.values()), "targets": per,
+            "retries": sum(s["retries"] for s in per.values()),
+            "resends_skipped": sum(s["resends_skipped"] for s in per.values()), "targets": per,
         }
 
     @property
@@ -788,10 +821,18 @@ class AlertmanagerClient:
             self.log.exception("alert delivery callback failed")
 
     def _run(self) -> None:
+        sleep = 0.0
         while not self.closing:
-            self._wake.wait(self._sleep_time())
+            self._wake.wait(sleep)
             self._wake.clear()
+            started = time.monotonic()
             self._safe_cycle()
+            sleep = self._sleep_time()
+            spent = time.monotonic() - started
+            if spent >= BUSY_CYCLE:   # see CYCLE_REST_RATIO
+                rest = CYCLE_REST_RATIO * spent
+                self._close_requested.wait(rest)
+                sleep = max(0.0, sleep - rest)
         self._safe_cycle()   # alerts submitted just before close()
         self.drained.set()
         for t in self._targets:

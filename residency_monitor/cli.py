@@ -211,11 +211,16 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
 @click.option("--user", "user", metavar="NAME",
               help="Started as root: switch to this user once capture sockets are open "
                    "(the configuration's user:). Every capability is dropped either way.")
+@click.option("--source", "sources", multiple=True, metavar="URL",
+              help="Collect flow records exported by routers and probes: ipfix://HOST:PORT "
+                   "or netflow://HOST:PORT (v5/v9), repeatable, instead of the "
+                   "configuration's sources:. With a source, packets are captured only on "
+                   "the interfaces named (--interface or capture.interfaces).")
 @click.option("--log.format", "log_format", type=click.Choice(["auto", "json", "text"]),
               help="Log format (auto: JSON unless standard error is a terminal).")
 def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: Path | None,
             listen: str | None, web_config: Path | None, user: str | None,
-            log_format: str | None) -> None:
+            log_format: str | None, sources: tuple[str, ...] = ()) -> None:
     """Monitor live traffic: verdicts, Prometheus metrics, Alertmanager alerts.
 
     Exit status: 0 stopped by a signal, 2 configuration error (config,
@@ -247,6 +252,8 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
         changes["metrics"] = dataclasses.replace(metrics, web_config_file=str(web_config))
     if user:
         changes["user"] = user
+    if sources:
+        changes["sources"] = _sources(sources)
     config = dataclasses.replace(config, **changes)
     setup_logging(log_format or config.log_format, config.log_level)
     policy = _policy(Path(config.policy) if config.policy else None)
@@ -262,6 +269,15 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
         sys.exit(exc.code)
     daemon.install_signals()
     sys.exit(daemon.run())
+
+
+def _sources(urls: tuple[str, ...]) -> tuple[str, ...]:
+    from .collector import parse_source
+
+    try:
+        return tuple(parse_source(u).url for u in urls)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--source") from None
 
 
 def _listen(metrics: Any, listen: str) -> Any:

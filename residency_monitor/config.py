@@ -74,10 +74,13 @@ class Config:
     log_format: str = "auto"                   # auto (json when not a terminal) | json | text
     log_level: str = "info"
     user: str | None = None                    # started as root: switch to this user after open
+    # flow export listeners (ipfix://HOST:PORT, netflow://HOST:PORT; see collector.py): with
+    # any, packets are captured only on the interfaces named in capture.interfaces
+    sources: tuple[str, ...] = ()
 
 
 _TOP = ((), ("capture", "internal_networks", "flows", "policy", "geo", "metrics",
-             "alertmanager", "records", "log", "audit", "user"))
+             "alertmanager", "records", "log", "audit", "user", "sources"))
 _CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns"))
 _FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows",
                "reassembly_bytes_per_flow", "reassembly_bytes_total", "datagram_bytes_total",
@@ -111,6 +114,18 @@ class _Reader(NodeReader):
             self.error(node, path, "expected a whole number")
             return None
         return int(value) if value is not None else None
+
+    def flow_source(self, node: yaml.Node, path: str) -> str | None:
+        from .collector import parse_source
+
+        value = self.text(node, path)
+        if value is None:
+            return None
+        try:
+            return parse_source(value).url
+        except ValueError as exc:
+            self.error(node, path, str(exc))
+            return None
 
     def url(self, node: yaml.Node, path: str) -> str | None:
         value = self.text(node, path)
@@ -290,7 +305,12 @@ def _build(r: _Reader, root: yaml.Node | None, source: str) -> Config:
         log_level=_get(r, log, "log", "level",
                        lambda n, p: r.choice(n, p, ("debug", "info", "warning", "error")),
                        "info"),
-        user=_get(r, top, "", "user", r.text, None))
+        user=_get(r, top, "", "user", r.text, None),
+        sources=_get(r, top, "", "sources", lambda n, p: _tuple(r.items(n, p, r.flow_source)), ()))
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values is not None else None
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

@@ -28,6 +28,7 @@ from . import __version__, sdnotify
 from .alerts import AlertBook, AlertmanagerClient, ViolationAlert
 from .audit import AlertFailureHandler, AuditLog, Auditor, live_data
 from .capture.live import LiveCapture, LiveCaptureError, LiveConfig
+from .collector import FlowExportInput, flow_export_input
 from .config import Config
 from .engine import Engine, EngineConfig
 from .exporter import Exporter
@@ -90,10 +91,14 @@ class Daemon:
                              sink=self._record, live=self._live, enrich=self.residency)
         if self.engine.inspection is not None:
             self.residency.names = self.engine.inspection.names
-        self.capture = LiveCapture(LiveConfig(
+        self.capture: LiveCapture | FlowExportInput = LiveCapture(LiveConfig(
             interfaces=config.capture.interfaces, bpf=config.capture.bpf,
             rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous,
             netns=config.capture.netns))
+        if config.sources:   # flow export: capture only on interfaces named (no CAP_NET_RAW)
+            self.capture = flow_export_input(
+                config.sources, self._record, self.residency, config.internal_networks,
+                self.capture if config.capture.interfaces else None, self.registry)
         self.alerts: AlertmanagerClient | None = None   # started in start()
         self.web_config_refused = Counter(
             "residency_web_config_refused", "Edits of the metrics web config file that were "

@@ -162,3 +162,24 @@ def test_input_that_cannot_listen_is_a_capture_error():
                               FlowExportCollector(lambda r: None))
         with pytest.raises(LiveCaptureError, match="cannot listen"):
             inp.open()
+
+
+def test_config_sources_are_validated_with_their_lines():
+    from residency_monitor.config import parse_config
+    from residency_monitor.yamlcheck import ConfigError
+
+    ok = parse_config("sources: [ipfix://0.0.0.0:4739, 'netflow://[::]:2055']\n")
+    assert ok.sources == ("ipfix://0.0.0.0:4739", "netflow://[::]:2055")
+    with pytest.raises(ConfigError) as err:
+        parse_config("sources:\n  - ipfix://0.0.0.0:4739\n  - sflow://0.0.0.0:6343\n",
+                     "site.yaml")
+    assert str(err.value).startswith("site.yaml:3: sources[1]: 'sflow://0.0.0.0:6343'")
+
+
+def test_run_refuses_a_bad_source():
+    from click.testing import CliRunner
+
+    from residency_monitor.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--source", "ipfix://0.0.0.0:99999"])
+    assert result.exit_code == 2 and "--source" in result.output
