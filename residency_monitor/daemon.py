@@ -12,6 +12,7 @@ stops at once.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -50,7 +51,8 @@ EXIT_OK, EXIT_CONFIG, EXIT_CAPTURE = 0, 2, 3
 # cannot be reopened, so exit for the supervisor to start afresh (3 would stop systemd's restarts).
 EXIT_CAPTURE_LOST = 4
 READ_TIMEOUT = 0.2          # seconds a capture read may wait: also the loop's idle tick
-SHUTDOWN_ALERT_WAIT = 5.0   # seconds to deliver pending alerts when stopping
+SHUTDOWN_ALERT_WAIT = 5.0   # seconds from SIGTERM to deliver pending alerts when stopping
+SHUTDOWN_ALERT_LAST = 1.0   # seconds at least, after the flush, for the alerts it raised
 SEVERE = frozenset(("personal", "sensitive"))
 
 log = logging.getLogger("residency_monitor")
@@ -366,10 +368,17 @@ class Daemon:
 
     def stop(self) -> int:
         sdnotify.stopping()
+        stopping = time.monotonic()
         self.capture.close()
+        if isinstance(self.records_out, io.TextIOWrapper):   # flushing a flood: one
+            self.records_out.reconfigure(line_buffering=False)  # write per line is slow
         self.engine.finish()
         if self.alerts is not None:
-            self.alerts.close(SHUTDOWN_ALERT_WAIT)
+            # The senders have been delivering while the flow table was flushed: the
+            # wait counts from the stop, so an Alertmanager that is down does not add
+            # its full wait to a long flush (the exit stays within max(flush, wait) + 1 s).
+            spent = time.monotonic() - stopping
+            self.alerts.close(max(SHUTDOWN_ALERT_LAST, SHUTDOWN_ALERT_WAIT - spent))
         self.exporter.stop()
         if self.records_out is not None:
             self.records_out.close()
