@@ -27,14 +27,23 @@ database: a record that fails to decode is counted and the next source asked.
 Files are re-read when geoipupdate replaces them (checked by inode, mtime and
 size at most every ``reload_check_interval`` seconds of the caller's clock);
 a replacement that cannot be used leaves the previous database in service.
+
+Each file is read through a private copy (an unlinked file in the temporary
+directory), never mapped in place: libmaxminddb maps the file, and a file
+overwritten in place (``cp new.mmdb GeoLite2-City.mmdb`` truncates it first)
+would make the next lookup touch pages past its new end: SIGBUS, the daemon
+dead. geoipupdate renames a new file into place, which was always safe; the
+copy makes an in-place edit safe too, at the cost of one copy per (re)load.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from array import array
 from dataclasses import dataclass
@@ -298,22 +307,50 @@ def _open(path: str, role: str) -> _Loaded:
         return GeoError(f"geolocation database {path}: {why}")
     try:
         sig = _signature(path)
-        reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
-    except (OSError, InvalidDatabaseError, ValueError) as e:
-        raise fail(f"cannot be opened ({e})") from e
+        copy = _private_copy(path)
+    except OSError as e:
+        raise fail(f"cannot be opened ({e.strerror or e})") from e
     try:
-        meta = reader.metadata()
-        kind = classify(str(meta.database_type))
-        # The tree first: a damaged file is the more important thing to say.
-        why = (_check_search_tree(path, meta.node_count, meta.record_size)
-               or _role_error(kind, str(meta.database_type), role))
-    except (OSError, ValueError) as e:
-        why = f"cannot be read ({e})"
+        try:
+            reader = maxminddb.open_database(copy, maxminddb.MODE_AUTO)
+        except (OSError, InvalidDatabaseError, ValueError) as e:
+            raise fail(f"cannot be opened ({str(e).replace(copy, path)})") from e
+        try:
+            meta = reader.metadata()
+            kind = classify(str(meta.database_type))
+            # The tree first: a damaged file is the more important thing to say.
+            why = (_check_search_tree(copy, meta.node_count, meta.record_size)
+                   or _role_error(kind, str(meta.database_type), role))
+        except (OSError, ValueError) as e:
+            why = f"cannot be read ({str(e).replace(copy, path)})"
+    finally:
+        if copy != path:
+            os.unlink(copy)      # the reader's mapping keeps the data; nobody else sees it
     if why is not None:
         reader.close()
         raise fail(why)
     assert kind is not None
     return _Loaded(reader, kind, str(meta.database_type), meta.build_epoch, sig)
+
+
+def _private_copy(path: str) -> str:
+    """A copy of ``path`` in the temporary directory (see the module doc: no SIGBUS).
+
+    Falls back to ``path`` itself when no copy can be written there (a full or
+    read-only temporary directory): the old behaviour, rather than no database.
+    """
+    with open(path, "rb") as src:
+        try:
+            fd, copy = tempfile.mkstemp(prefix="residency-geo-", suffix=".mmdb")
+        except OSError:
+            return path
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError:
+            os.unlink(copy)
+            return path
+    return copy
 
 
 def _built(loaded: _Loaded) -> str:
