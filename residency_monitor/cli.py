@@ -224,8 +224,10 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
     """Monitor live traffic: verdicts, Prometheus metrics, Alertmanager alerts.
 
     Exit status: 0 stopped by a signal, 2 configuration error (config,
-    policy, geolocation database, metrics address), 3 capture could not
-    start (no such interface, no CAP_NET_RAW).
+    policy, geolocation database, metrics address, web config, user), 3
+    capture could not start (no such interface, no CAP_NET_RAW), 4 a capture
+    interface vanished while running (capabilities are dropped after start,
+    so it cannot be reopened: the supervisor restarts the daemon).
     """
     import dataclasses
 
