@@ -515,7 +515,10 @@ class NameMap:
     Memory (tracemalloc): about 200 bytes per address with one name, plus
     the name's string, which the addresses of one answer share: 200 B per
     address for answers of 20 addresses, 305 B when every address has a name
-    of its own (25 characters). The default bound is 40-60 MB at worst.
+    of its own (25 characters). The process pays more than tracemalloc sees:
+    filled by answers of 20 new addresses and a new name each, with the oldest
+    evicted, resident memory grew 525 B per address (benchmarks/bench_attacks.py),
+    about 105 MB at the default bound of 200,000 (``flows.dns_max_addresses``).
     """
 
     __slots__ = ("max_entries", "max_names", "max_clients", "ttl_floor", "ttl_cap", "_map",

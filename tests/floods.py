@@ -49,8 +49,8 @@ ATTACKS = ("syn", "udp", "segments", "dns")
 #: held, default bounds) and rounded up. What a flood can add to the process is at most
 #:   max_flows x FLOW_BYTES + REASSEMBLY_FACTOR x reassembly_bytes_total
 #:   + datagram bytes total + dns_max_addresses x DNS_ADDRESS_BYTES
-FLOW_BYTES = 700            # a tracked flow: Flow object, two dict entries, keys (IPv4 and 6)
-DNS_ADDRESS_BYTES = 500     # a name-map address with its name and client
+FLOW_BYTES = 700            # a tracked flow: Flow object, two dict entries, keys (measured 558)
+DNS_ADDRESS_BYTES = 600     # a name-map address with its name and client (measured 525)
 REASSEMBLY_FACTOR = 2       # a held byte, plus the bytes object a re-parse joins it into
 
 
