@@ -62,7 +62,6 @@ END_REASONS = {1: "idle", 2: "active_timeout", 3: "fin", 4: "end_of_capture", 5:
 #: not evaluated); every other flow stays ``unknown``: flow export carries no content
 PORT_APPS = {(17, 53): "dns", (6, 53): "dns", (17, 123): "ntp", (17, 5353): "mdns"}
 NO_TLS_NOTE = "flow export ({}): no TLS metadata; transport security not judged"
-_NOT_JUDGED = "transport security not judged (flow export carries no handshake)"
 _ECHO = {8: 0, 0: 8, 128: 129, 129: 128}      # ICMP echo request <-> reply types
 
 
@@ -115,8 +114,9 @@ class ExportJudge:
     handshake, so a ``no_handshake`` violation for every flow (what the
     policy says of a captured flow whose handshake was never seen) would be
     an alert storm that says nothing about the flows. The policy is asked
-    with ``payload`` unknown (its transport rules then do not apply), and a
-    compliant verdict says the transport was not judged.
+    knowing the record's ``source`` (FlowFacts.transport_visible false): its
+    transport rules do not apply, and a compliant verdict says the transport
+    was not judged.
     """
 
     def __init__(self, residency: Enricher | None):
@@ -127,12 +127,7 @@ class ExportJudge:
         fields.update(self.extra)
         if self.residency is None:
             return
-        fields["payload"] = False
-        self.residency(flow, fields)
-        fields["payload"] = True
-        text = fields.get("explanation")
-        if fields.get("verdict") == "compliant" and text:
-            fields["explanation"] = text.replace("no payload was exchanged", _NOT_JUDGED)
+        self.residency(flow, fields)   # source != "capture": transport rules not judged
 
 
 # -- the sans-I/O collector ------------------------------------------------------------------

@@ -754,6 +754,9 @@ class FlowFacts:
     tls_version: int | None = None      # negotiated version code, None without a ServerHello
     encrypted: bool = False   # TLS/QUIC/SSH seen (for STARTTLS flows: upgraded)
     payload: bool = True      # any payload was exchanged
+    # False for a flow known from flow export (NetFlow/IPFIX): no handshake or payload
+    # was ever visible, so the transport rules cannot be judged (rather than all failing)
+    transport_visible: bool = True
     sni: str | None = None
     server_names: tuple[str, ...] = ()  # names the client resolved to this address (DNS)
     country: str | None = None
@@ -875,8 +878,13 @@ def _transport_checks(facts: FlowFacts, cls: Classification) -> list[_Check]:
     return list(na.values())
 
 
+NOT_VISIBLE = "transport security not judged (flow export carries no handshake)"
+
+
 def _transport_decision(facts: FlowFacts, cls: Classification) -> _Check:
     app = facts.app
+    if not facts.transport_visible:
+        return _Check("", "n/a", NOT_VISIBLE)
     if not facts.payload:
         return _Check("", "n/a", "no payload was exchanged")
     if app in RESIDENCY_ONLY_APPS:

@@ -162,6 +162,7 @@ def facts_from(flow: Flow, fields: dict[str, Any], located: GeoResult) -> FlowFa
         ts=handshake_ts if handshake_ts is not None else fields["ts_start"],
         tls_version=server_hello.version if server_hello is not None else None,
         encrypted=encrypted, payload=fields.get("payload", True),
+        transport_visible=fields.get("source", "capture") == "capture",
         sni=fields.get("tls_sni"), server_names=tuple(fields.get("server_names") or ()),
         country=located.country,
         country_source=located.source, asn=located.asn)

@@ -814,6 +814,20 @@ def test_plaintext_forbidden():
     assert "plaintext http (not encrypted) is forbidden for personal data" in v.explanation
 
 
+def test_flow_export_records_are_judged_on_residency_only():
+    """NetFlow/IPFIX show no handshake: the transport rules are not judged, not all failed."""
+    blind = dict(app="unknown", tls_version=None, encrypted=False, sni=None,
+                 transport_visible=False)
+    v = evaluate(facts(**blind), site())
+    assert v.verdict == "compliant"
+    assert "transport security not judged (flow export carries no handshake)" in v.explanation
+    v = evaluate(facts(**blind, country="US"), site())
+    assert (v.verdict, v.violations) == ("violation", ("residency",))
+    # the same flow from a capture, with no handshake seen, is the no_handshake violation
+    seen = evaluate(facts(**{**blind, "transport_visible": True}), site())
+    assert seen.violations == ("no_handshake",)
+
+
 @pytest.mark.parametrize("app", ["http", "ftp", "smtp", "pop3", "imap", "telnet", "ldap"])
 def test_every_plaintext_protocol(app):
     v = evaluate(facts(app=app, tls_version=None, encrypted=False), site())
