@@ -757,6 +757,9 @@ class FlowFacts:
     # False for a flow known from flow export (NetFlow/IPFIX): no handshake or payload
     # was ever visible, so the transport rules cannot be judged (rather than all failing)
     transport_visible: bool = True
+    # the internal (client) side sent at least one packet: an inbound datagram or a SYN-ACK
+    # (backscatter) that the port or SYN rule makes "outbound" moved nothing out
+    client_sent: bool = True
     sni: str | None = None
     server_names: tuple[str, ...] = ()  # names the client resolved to this address (DNS)
     country: str | None = None
@@ -822,6 +825,9 @@ def _not_evaluated(facts: FlowFacts, policy: Policy) -> str | None:
     if facts.direction != EVALUATED_DIRECTION:
         return (f"not evaluated: direction {facts.direction} (only outbound flows, an internal "
                 "client sending to the outside, are judged)")
+    if not facts.client_sent:
+        return ("not evaluated: only the outside sent (the internal side sent nothing, so "
+                "nothing left the network)")
     for what, value in (("app", facts.app), ("transport", facts.transport)):
         if value in policy.not_evaluated_apps:
             return (f"not evaluated: {what} {value} is listed in not_evaluated_apps "

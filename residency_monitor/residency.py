@@ -120,7 +120,7 @@ def _first_packet_facts(facts: FlowFacts, ts: float) -> FlowFacts:
         client_ip=facts.client_ip, server_ip=facts.server_ip, server_port=facts.server_port,
         transport=facts.transport, app="unknown", direction=facts.direction, ts=ts,
         payload=False, country=facts.country, country_source=facts.country_source,
-        asn=facts.asn)
+        asn=facts.asn, client_sent=facts.client_sent)
 
 
 def _live_fields(flow: Flow, internal: NetworkSet, names: NameMap | None) -> dict[str, Any]:
@@ -163,6 +163,7 @@ def facts_from(flow: Flow, fields: dict[str, Any], located: GeoResult) -> FlowFa
         tls_version=server_hello.version if server_hello is not None else None,
         encrypted=encrypted, payload=fields.get("payload", True),
         transport_visible=fields.get("source", "capture") == "capture",
+        client_sent=flow.pk_c > 0,
         sni=fields.get("tls_sni"), server_names=tuple(fields.get("server_names") or ()),
         country=located.country,
         country_source=located.source, asn=located.asn)

@@ -814,6 +814,12 @@ def test_plaintext_forbidden():
     assert "plaintext http (not encrypted) is forbidden for personal data" in v.explanation
 
 
+def test_a_flow_the_inside_never_sent_on_is_not_evaluated():
+    v = evaluate(facts(country="US", client_sent=False), site())
+    assert v.verdict == "not_evaluated" and "the internal side sent nothing" in v.explanation
+    assert evaluate(facts(country="US"), site()).verdict == "violation"
+
+
 def test_flow_export_records_are_judged_on_residency_only():
     """NetFlow/IPFIX show no handshake: the transport rules are not judged, not all failed."""
     blind = dict(app="unknown", tls_version=None, encrypted=False, sni=None,

@@ -221,3 +221,39 @@ def test_live_judge_decides_at_the_deciding_packet():
     assert mo not in decided                                # compliant: nothing to alert
     assert _expected("nas-https")["server_ip"] not in decided   # internal
     assert len(decided) == 9   # the nine outbound violations of the sample, none twice
+
+
+def _udp_frame(src: str, sport: int, dst: str, dport: int) -> bytes:
+    import socket
+    import struct
+    payload = b"x" * 32
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+
+
+def test_nothing_sent_from_inside_is_no_violation():
+    """A flood of datagrams from abroad, from port 443 to internal ephemeral ports: the port
+    rule makes the internal host the "client", but it sent nothing, so nothing left the
+    network. Without this, every such datagram was a live residency violation (an alert
+    storm from an inbound flood: bench_attacks.py measured 492,403 in 1M datagrams)."""
+    residency = Residency(default_policy(), Geolocator(GeoConfig()))
+    live_hits: list = []
+    recs: list[FlowRecord] = []
+    engine = Engine(sink=recs.append, enrich=residency,
+                    live=lambda f, ts, stage: live_hits.append(
+                        residency.judge_live(f, ts, stage)))
+    for i in range(20):
+        engine.frame(1.0 + i, 1, _udp_frame("8.8.4.4", 443, "10.0.0.5", 50000 + i))
+    # one internal host that does answer: that flow is judged as before
+    engine.frame(30.0, 1, _udp_frame("10.0.0.6", 50999, "8.8.4.4", 443))
+    engine.finish()
+    hits = [h for h in live_hits if h is not None]
+    assert hits and {facts.client_ip for _verdict, facts in hits} == {"10.0.0.6"}
+    quiet = [r for r in recs if r.client_ip == "10.0.0.5"]
+    assert len(quiet) == 20 and {r.direction for r in quiet} == {"outbound"}
+    assert {r.verdict for r in quiet} == {"not_evaluated"}
+    assert "the internal side sent nothing" in quiet[0].explanation
+    (answered,) = [r for r in recs if r.client_ip == "10.0.0.6"]
+    assert answered.verdict == "violation" and "residency" in answered.violations
