@@ -16,7 +16,7 @@ time rather than per packet, as Zeek batches its connection expiry.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -370,6 +370,37 @@ class FlowTable:
             else:
                 self._end(f, reason)
 
+    def flush_in_steps(self, step: int = 1000, reason: str = END_CAPTURE) -> Iterator[int]:
+        """End every flow as :meth:`flush` does, ``step`` at a time, answered flows first.
+
+        For a stop with a deadline (the daemon's, under a flood): the caller
+        turns each step's events into records and may stop early; what then
+        remains is :meth:`abandon`-ed. Flows that both sides spoke in come first:
+        an unanswered SYN flood's flows matter least. Yields flows ended so far.
+        """
+        flows = list(self.flows())
+        flows.sort(key=_unanswered)
+        for i, f in enumerate(flows, 1):
+            if f.ckey not in self._tables[f.proto]:
+                continue        # ended meanwhile (never: the caller only builds records)
+            if f.proto == 6 and f.closed:
+                self._end(f, self._timeout(f)[1])
+            else:
+                self._end(f, reason)
+            if not i % step:
+                yield i
+        yield len(flows)
+
+    def abandon(self) -> int:
+        """Forget every flow still open without a record (counted); how many there were."""
+        left = self.count
+        for table in self._tables.values():
+            table.clear()
+        self._fragments.clear()
+        self.count = 0
+        self.stats["flows_unflushed"] = self.stats.get("flows_unflushed", 0) + left
+        return left
+
     def flows(self):
         """Each tracked flow once."""
         for table in self._tables.values():
@@ -384,4 +415,8 @@ ONE_SIDED_HEADSTART = 86400.0
 
 def _eviction_order(f: Flow) -> float:
     return f.ts_last if f.pk_c and f.pk_s else f.ts_last - ONE_SIDED_HEADSTART
+
+
+def _unanswered(f: Flow) -> bool:
+    return not (f.pk_c and f.pk_s)
 

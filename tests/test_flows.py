@@ -367,3 +367,30 @@ def test_sweep_is_driven_by_packet_time_only():
     assert run.records == []
     run.engine.advance(1061.0)
     assert [r.end_reason for r in run.records] == ["idle"]
+
+
+def test_finish_with_a_deadline_writes_answered_flows_first_and_counts_the_rest():
+    """A stop under a flood: records a thousand at a time, answered flows first, until the
+    daemon's deadline; the unanswered rest is dropped and counted, not left to systemd's kill."""
+    run = Run()
+    for i in range(1500):    # a SYN flood: unanswered
+        run.feed((0.0, tcp(f"198.51.{i // 250}.{i % 250 + 1}", 1024 + i, CLIENT, 80, S)))
+    for i in range(1000):    # conversations: both sides spoke
+        run.feed(*_handshake(t0=1.0, cport=20000 + i))
+    steps: list[int] = []
+
+    def give_up() -> bool:
+        steps.append(len(run.records))
+        return True          # the deadline has passed after the first step
+    dropped = run.engine.finish(give_up=give_up)
+    assert steps == [1000] and dropped == 1500
+    assert len(run.records) == 1000 and all(r.packets_in for r in run.records)
+    assert run.engine.table.count == 0 and run.engine.table.stats["flows_unflushed"] == 1500
+
+
+def test_finish_without_a_deadline_writes_every_flow():
+    run = Run()
+    for i in range(1500):
+        run.feed((0.0, tcp(f"198.51.{i // 250}.{i % 250 + 1}", 1024 + i, CLIENT, 80, S)))
+    assert run.engine.finish(give_up=lambda: False) == 0
+    assert len(run.records) == 1500
