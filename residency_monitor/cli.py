@@ -218,9 +218,17 @@ def replay_cmd(captures: tuple[Path, ...], fmt: str, output: Path | None,
                    "the interfaces named (--interface or capture.interfaces).")
 @click.option("--log.format", "log_format", type=click.Choice(["auto", "json", "text"]),
               help="Log format (auto: JSON unless standard error is a terminal).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Capture processes joined by PACKET_FANOUT, each with its own flow "
+                   "table (the configuration's capture.workers; default 1).")
+@click.option("--mode", "capture_mode", type=click.Choice(["full", "handshake"]), default=None,
+              help="handshake: a kernel filter passes only what decides verdicts (SYN/FIN/"
+                   "RST, TLS handshake records, small pushed segments, QUIC long headers, "
+                   "DNS); TCP bytes come from sequence numbers (capture.mode).")
 def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: Path | None,
             listen: str | None, web_config: Path | None, user: str | None,
-            log_format: str | None, sources: tuple[str, ...] = ()) -> None:
+            log_format: str | None, sources: tuple[str, ...] = (), workers: int | None = None,
+            capture_mode: str | None = None) -> None:
     """Monitor live traffic: verdicts, Prometheus metrics, Alertmanager alerts.
 
     Exit status: 0 stopped by a signal, 2 configuration error (config,
@@ -231,7 +239,7 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
     """
     import dataclasses
 
-    from .config import ConfigError, load_config
+    from .config import DEFAULT_FILTER, ConfigError, load_config
     from .daemon import Daemon, StartupError, setup_logging
 
     try:
@@ -239,8 +247,20 @@ def run_cmd(config_path: Path | None, interfaces: tuple[str, ...], policy_path: 
     except ConfigError as exc:
         raise Refused(f"configuration refused:\n{exc}") from None
     changes: dict[str, Any] = {}
+    capture: dict[str, Any] = {}
     if interfaces:
-        changes["capture"] = dataclasses.replace(config.capture, interfaces=interfaces)
+        capture["interfaces"] = interfaces
+    if workers:
+        capture["workers"] = workers
+    if capture_mode:
+        if capture_mode == "handshake" and config.capture.bpf != DEFAULT_FILTER:
+            raise Refused(f"--mode handshake: {config.source} sets capture.bpf; the handshake "
+                          "mode's kernel filter replaces it")
+        capture["mode"] = capture_mode
+        changes["flows"] = dataclasses.replace(config.flows,
+                                               seq_bytes=capture_mode == "handshake")
+    if capture:
+        changes["capture"] = dataclasses.replace(config.capture, **capture)
     if policy_path:
         changes["policy"] = str(policy_path)
     if listen:

@@ -8,7 +8,7 @@ The format is documented in ``configs/residency-monitor.yaml``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -30,6 +30,12 @@ class CaptureSettings:
     rcvbuf_bytes: int = 64 << 20
     promiscuous: bool = False
     netns: str | None = None                   # capture on interfaces of this network namespace
+    workers: int = 1                           # capture processes joined by PACKET_FANOUT
+    mode: str = "full"                         # full | handshake (only what decides verdicts)
+    read_path: str = "ring"                    # ring (TPACKET_V3) | socket (recvmsg)
+    ring_block_bytes: int = 1 << 20
+    ring_blocks: int | None = None             # None: rcvbuf_bytes // ring_block_bytes
+    ring_block_timeout_ms: int = 10
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class Config:
 
 _TOP = ((), ("capture", "internal_networks", "flows", "policy", "geo", "metrics",
              "alertmanager", "records", "log", "audit", "user", "sources"))
-_CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns"))
+_CAPTURE = ((), ("interfaces", "bpf", "rcvbuf_bytes", "promiscuous", "netns", "workers", "mode",
+                 "read_path", "ring_block_bytes", "ring_blocks", "ring_block_timeout_ms"))
 _FLOWS = ((), ("tcp_idle", "tcp_closed", "udp_idle", "active_timeout", "max_flows",
                "reassembly_bytes_per_flow", "reassembly_bytes_total", "datagram_bytes_total",
                "dns_max_addresses"))
@@ -149,13 +156,33 @@ def _get(r: _Reader, m: dict, path: str, key: str, read, default):
 def _capture(r: _Reader, top: dict) -> CaptureSettings:
     m = _section(r, top, "capture", _CAPTURE)
     d = CaptureSettings()
+
+    def whole(key: str, default: int | None, low: int, high: int) -> int | None:
+        return _get(r, m, "capture", key, lambda n, p: r.integer(n, p, low, high), default)
+
+    block = whole("ring_block_bytes", d.ring_block_bytes, 128 << 10, 1 << 30)
+    if block is not None and block & (block - 1):
+        r.error(m["ring_block_bytes"], "capture.ring_block_bytes",
+                f"expected a power of two (131072, 262144 ... 1048576), got {block}")
+    mode = _get(r, m, "capture", "mode", lambda n, p: r.choice(n, p, ("full", "handshake")),
+                d.mode)
+    if mode == "handshake" and "bpf" in m:
+        r.error(m["bpf"], "capture.bpf", "not with mode: handshake (its own kernel filter "
+                                         "replaces this one)")
     return CaptureSettings(
         interfaces=_get(r, m, "capture", "interfaces", r.strings, d.interfaces),
         bpf=_get(r, m, "capture", "bpf", r.text, d.bpf),
         rcvbuf_bytes=_get(r, m, "capture", "rcvbuf_bytes",
                           lambda n, p: r.integer(n, p, 1 << 16, 1 << 31), d.rcvbuf_bytes),
         promiscuous=_get(r, m, "capture", "promiscuous", r.boolean, d.promiscuous),
-        netns=_get(r, m, "capture", "netns", r.text, None))
+        netns=_get(r, m, "capture", "netns", r.text, None),
+        workers=whole("workers", d.workers, 1, 64) or d.workers, mode=mode,
+        read_path=_get(r, m, "capture", "read_path",
+                       lambda n, p: r.choice(n, p, ("ring", "socket")), d.read_path),
+        ring_block_bytes=block or d.ring_block_bytes,
+        ring_blocks=whole("ring_blocks", None, 2, 1 << 20),
+        ring_block_timeout_ms=whole("ring_block_timeout_ms", d.ring_block_timeout_ms, 1,
+                                    10_000) or d.ring_block_timeout_ms)
 
 
 def _flows(r: _Reader, top: dict) -> FlowConfig:
@@ -292,10 +319,12 @@ def _audit(r: _Reader, top: dict) -> AuditConfig:
 def _build(r: _Reader, root: yaml.Node | None, source: str) -> Config:
     top = (r.mapping(root, "", _TOP) or {}) if root is not None else {}
     log = _section(r, top, "log", _LOG)
+    capture = _capture(r, top)
+    flows = _flows(r, top)
     return Config(
-        source=source, capture=_capture(r, top),
+        source=source, capture=capture,
         internal_networks=_get(r, top, "", "internal_networks", r.networks, DEFAULT_INTERNAL),
-        flows=_flows(r, top),
+        flows=replace(flows, seq_bytes=True) if capture.mode == "handshake" else flows,
         policy=_get(r, top, "", "policy", r.text, None),
         geo=_geo(r, top), metrics=_metrics(r, top), alertmanager=_alertmanager(r, top),
         records=_get(r, top, "", "records", r.text, None),

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from . import __version__, sdnotify
 from .alerts import AlertBook, AlertmanagerClient, ViolationAlert
 from .audit import AlertFailureHandler, AuditLog, Auditor, live_data
-from .capture.live import LiveCapture, LiveCaptureError, LiveConfig
+from .capture.live import HANDSHAKE_FILTER, LiveCapture, LiveCaptureError, LiveConfig
 from .collector import FlowExportInput, flow_export_input
 from .config import Config
 from .engine import Engine, EngineConfig
@@ -45,6 +45,7 @@ from .records import FlowRecord
 from .residency import Residency
 from .tls_names import version_name
 from .webconfig import WebConfigFile
+from .workers import EngineTotals, WorkerPool
 from .yamlcheck import ConfigError, Issue
 
 EXIT_OK, EXIT_CONFIG, EXIT_CAPTURE = 0, 2, 3
@@ -92,19 +93,25 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, build_version=__version__)
         self.residency = Residency(policy, geo, NetworkSet(config.internal_networks))
-        self.engine = Engine(EngineConfig(flows=config.flows,
-                                          internal_networks=config.internal_networks),
-                             sink=self._record, live=self._live, enrich=self.residency)
+        self.engine: Engine | EngineTotals = Engine(
+            EngineConfig(flows=config.flows, internal_networks=config.internal_networks),
+            sink=self._record, live=self._live, enrich=self.residency)
         if self.engine.inspection is not None:
             self.residency.names = self.engine.inspection.names
-        self.capture: LiveCapture | FlowExportInput = LiveCapture(LiveConfig(
-            interfaces=config.capture.interfaces, bpf=config.capture.bpf,
-            rcvbuf=config.capture.rcvbuf_bytes, promisc=config.capture.promiscuous,
-            netns=config.capture.netns))
+        cc = config.capture
+        live_config = LiveConfig(
+            interfaces=cc.interfaces, bpf=HANDSHAKE_FILTER if cc.mode == "handshake" else cc.bpf,
+            rcvbuf=cc.rcvbuf_bytes, promisc=cc.promiscuous, netns=cc.netns,
+            ring=cc.read_path == "ring", block_bytes=cc.ring_block_bytes, blocks=cc.ring_blocks,
+            block_timeout_ms=cc.ring_block_timeout_ms)
+        self.capture: LiveCapture | FlowExportInput | WorkerPool = LiveCapture(live_config)
+        if cc.workers > 1 and not config.sources:   # fanout workers (workers.py)
+            pool = WorkerPool(live_config, cc.workers, self)
+            self.capture, self.engine = pool, pool.totals
         if config.sources:   # flow export: capture only on interfaces named (no CAP_NET_RAW)
             self.capture = flow_export_input(
                 config.sources, self._record, self.residency, config.internal_networks,
-                self.capture if config.capture.interfaces else None, self.registry)
+                LiveCapture(live_config) if config.capture.interfaces else None, self.registry)
         self.alerts: AlertmanagerClient | None = None   # started in start()
         self.web_config_refused = Counter(
             "residency_web_config_refused", "Edits of the metrics web config file that were "
@@ -186,9 +193,11 @@ class Daemon:
 
     def _live(self, flow: Flow, ts: float, stage: str) -> None:
         hit = self.residency.judge_live(flow, ts, stage)
-        if hit is None:
-            return
-        verdict, facts = hit
+        if hit is not None:
+            self.live_verdict(flow, hit[0], hit[1], ts)
+
+    def live_verdict(self, flow: Any, verdict: Verdict, facts: FlowFacts, ts: float) -> None:
+        """A live violation's evidence, metrics and alerts (judged here, or by a worker)."""
         self.metrics.observe_verdict(ts - flow.ts_first)
         if self.auditor is not None:
             self.auditor.live(
@@ -369,6 +378,8 @@ class Daemon:
                                                "policy": policy.name, "sha256": policy.sha256})
         for message in self.geo.reload():
             log.warning(message, extra={"event": "geo_reload"})
+        if isinstance(self.capture, WorkerPool):   # each worker judges with its own copy
+            self.capture.reload()
         sdnotify.ready("reloaded")
 
     def stop(self) -> int:

@@ -61,19 +61,64 @@ import socket
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 
 __all__ = [
-    "DEFAULT_FILTER", "LiveCapture", "LiveCaptureError", "LiveCaptureWarning", "LiveConfig",
-    "default_interface",
+    "DEFAULT_FILTER", "HANDSHAKE_FILTER", "LiveCapture", "LiveCaptureError", "LiveCaptureWarning",
+    "LiveConfig", "default_interface", "open_fanout",
 ]
 
 Frame = tuple[float, int, bytes, int]
 
 DEFAULT_FILTER = "ip or ip6 or (vlan and (ip or ip6))"
+
+def _handshake_filter() -> str:
+    """The kernel filter of ``mode: handshake``: only what decides a verdict gets to Python.
+
+    Per IP version (libpcap's ``tcp[]``/``udp[]`` work for IPv4 only, so IPv6
+    is read at fixed offsets and only without extension headers), and again
+    behind a VLAN tag (the ``vlan`` keyword shifts every later offset, so it
+    comes last). TCP passes with SYN, FIN or RST (ends, sequence numbers);
+    with a payload that starts a TLS handshake record (``16 03``: ClientHello,
+    ServerHello, also after STARTTLS); with PSH and a payload under
+    ``SMALL_PUSH`` bytes that does not start a TLS application-data record
+    (``17``): the rest of a ClientHello split over segments, plaintext
+    command lines and greetings (HTTP, SMTP, IMAP, POP3, FTP, STARTTLS); or
+    starting ``GET ``/``POST``/``HTTP`` (a large first HTTP line). UDP passes
+    QUIC long headers (first byte's top bit) and port 53; ICMP passes; so do
+    IP fragments after the first (they cannot be matched by port).
+    """
+    def tcp(at: Callable[..., str], plen: str) -> str:
+        off = f"(({at(12)} & 0xf0) >> 2)"
+        first = at(off)
+        word = at(off, 4)
+        return (f"({at(13)} & 7 != 0 or ({first} = 0x16 and {at(off + ' + 1')} = 3)"
+                f" or ({at(13)} & 8 != 0 and {plen} > 0 and {plen} < {SMALL_PUSH}"
+                f" and {first} != 0x17)"
+                f" or {word} = 0x47455420 or {word} = 0x504f5354 or {word} = 0x48545450)")
+
+    def v4(i: str | int, size: int = 1) -> str:
+        return f"tcp[{i}:{size}]" if size != 1 else f"tcp[{i}]"
+
+    def v6(i: str | int, size: int = 1) -> str:
+        return f"ip6[40 + {i}:{size}]" if size != 1 else f"ip6[40 + {i}]"
+
+    plen4 = "ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)"
+    plen6 = "ip6[4:2] - ((ip6[52] & 0xf0) >> 2)"
+    ipv4 = (f"(ip and ((tcp and {tcp(v4, plen4)}) or (udp and udp[8] & 0x80 != 0) or port 53"
+            f" or icmp or ip[6:2] & 0x1fff != 0))")
+    ipv6 = (f"(ip6 and ((ip6[6] = 6 and {tcp(v6, plen6)}) or (ip6[6] = 17 and ip6[48] & 0x80 "
+            f"!= 0) or port 53 or icmp6 or ip6[6] = 44))")
+    return f"{ipv4} or {ipv6} or (vlan and ({ipv4} or {ipv6}))"
+
+
+#: TCP segments with PSH and fewer payload bytes than this pass the handshake filter
+SMALL_PUSH = 1400
+
+HANDSHAKE_FILTER = _handshake_filter()
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -83,7 +128,11 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_VERSION = 10
+PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000   # the kernel picks a group id unused in this namespace
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000     # IP fragments are reassembled before hashing
 TPACKET_V3 = 2
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
@@ -120,6 +169,7 @@ _TIMESPEC = struct.Struct("=qq")
 _AUXDATA = struct.Struct("=II8xHH")  # tpacket_auxdata: status, len, (snaplen, mac, net), tci, tpid
 _TAG = struct.Struct("!HH")
 _STATS = struct.Struct("=II")
+_U32 = struct.Struct("=I")
 _TIME = itemgetter(0)
 _CMSG_SPACE = 128  # room for the timestamp and auxdata control messages
 
@@ -144,6 +194,9 @@ class LiveConfig:
     netns: str | None = None           # a name under /run/netns or a path: open the sockets there
     ring: bool = True                  # TPACKET_V3 ring; False: recvmsg with SO_TIMESTAMPNS
     batch: int = 8192                  # at most about this many frames per interface and read()
+    block_bytes: int = RING_BLOCK      # ring block: a power of two, a multiple of the page size
+    blocks: int | None = None          # ring blocks; None: rcvbuf // block_bytes (at least 2)
+    block_timeout_ms: int = RING_BLOCK_TIMEOUT_MS  # a partly filled block is handed over after
 
 
 def default_interface() -> str:
@@ -213,6 +266,8 @@ class LiveCapture:
         self._lock = threading.Lock()
         self._resolved: tuple[str, ...] = ()
         self._failed: LiveCaptureError | None = None
+        #: interface -> fanout group to join (an interface not in it: create one); None: no fanout
+        self.fanout: dict[str, int] | None = None
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -229,7 +284,8 @@ class LiveCapture:
             with _in_netns(cfg.netns):
                 names = tuple(cfg.interfaces) or (default_interface(),)
                 for name in dict.fromkeys(names):
-                    self._handles.append(_Handle.open(name, cfg))
+                    group = None if self.fanout is None else self.fanout.get(name, -1)
+                    self._handles.append(_Handle.open(name, cfg, group))
         except BaseException:
             self._close_handles()
             raise
@@ -269,6 +325,24 @@ class LiveCapture:
             out.sort(key=_TIME)
         return out
 
+    @property
+    def fanout_groups(self) -> dict[str, int]:
+        """Interface -> the fanout group its socket joined (empty without fanout)."""
+        return {h.name: h.fanout for h in self._handles if h.fanout is not None}
+
+    def release(self) -> None:
+        """Close this process's copies of the sockets, leaving their counters alone.
+
+        After a fork the parent and the workers share each socket: the one
+        that does not read it lets go of it, so that only its reader's close
+        ends it (and PACKET_STATISTICS, reset on read, is read by one process).
+        """
+        for h in self._handles:
+            h.release()
+        self._handles = []
+        self._by_fd.clear()
+        self._poller = None
+
     def stats(self) -> dict[str, tuple[int, int]]:
         """Per interface, cumulative ``(packets, drops)`` since ``open()``."""
         with self._lock:
@@ -298,6 +372,28 @@ class LiveCapture:
         self.close()
 
 
+def open_fanout(config: LiveConfig, count: int) -> list[LiveCapture]:
+    """``count`` captures, one PACKET_FANOUT hash group per interface: each flow reaches one.
+
+    The first capture's sockets create the groups (ids chosen by the kernel,
+    so two daemons never share one); the others join them. All or nothing.
+    """
+    captures: list[LiveCapture] = []
+    groups: dict[str, int] = {}
+    try:
+        for _ in range(count):
+            cap = LiveCapture(config)
+            cap.fanout = groups
+            cap.open()
+            captures.append(cap)
+            groups = cap.fanout_groups
+    except BaseException:
+        for cap in captures:
+            cap.close()
+        raise
+    return captures
+
+
 def _add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return a[0] + b[0], a[1] + b[1]
 
@@ -316,12 +412,14 @@ class _Handle:
         self.linktype = ARPHRD_LINKTYPES[arphrd]
         self.ring: mmap.mmap | None = None
         self.blocks = 0
+        self.block = RING_BLOCK
         self.cursor = 0           # the next ring block to read
+        self.fanout: int | None = None   # the fanout group joined
         self.bufsize = 65535
         self.drain = self._drain_socket
 
     @classmethod
-    def open(cls, name: str, cfg: LiveConfig) -> _Handle:
+    def open(cls, name: str, cfg: LiveConfig, fanout: int | None = None) -> _Handle:
         try:
             socket.if_nametoindex(name)
         except (OSError, ValueError):
@@ -334,20 +432,23 @@ class _Handle:
                                    "(needs root or CAP_NET_RAW)") from None
         try:
             handle = cls(name, sock, _arphrd(sock, name))
-            handle._setup(cfg)
+            handle._setup(cfg, fanout)
         except BaseException:
             sock.close()
             raise
         return handle
 
-    def _setup(self, cfg: LiveConfig) -> None:
+    def _setup(self, cfg: LiveConfig, fanout: int | None) -> None:
         sock, name = self.sock, self.name
-        _attach_filter(sock, _compile(cfg.bpf, name, cfg.snaplen), cfg.bpf)
+        program = _compile(cfg.bpf, name, cfg.snaplen)
+        # In a fanout group the socket must be bound before it joins; until then it would get
+        # every frame, duplicating those the group hands to the others: it takes none.
+        _attach_filter(sock, program if fanout is None else [(0x06, 0, 0, 0)], cfg.bpf)
         if self.arphrd == _ARPHRD_LOOPBACK:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if cfg.ring:
-            self._map_ring(cfg.rcvbuf)
+            self._map_ring(cfg)
         else:
             self._socket_mode(cfg)
         if cfg.promisc:
@@ -357,24 +458,52 @@ class _Handle:
             sock.bind((name, ETH_P_ALL))
         except OSError as exc:
             raise LiveCaptureError(f"cannot bind to {name}: {exc.strerror or exc}") from None
+        if fanout is not None:
+            self.fanout = self._join(fanout)
+            _attach_filter(sock, program, cfg.bpf)
         sock.setblocking(False)
         self.kernel_stats()  # start counting from the bind
 
-    def _map_ring(self, size: int) -> None:
-        self.blocks = max(2, size // RING_BLOCK)
-        frames = self.blocks * RING_BLOCK // _RING_FRAME
-        req = struct.pack("=7I", RING_BLOCK, self.blocks, _RING_FRAME, frames,
-                          RING_BLOCK_TIMEOUT_MS, 0, 0)
+    def _map_ring(self, cfg: LiveConfig) -> None:
+        block = cfg.block_bytes
+        if block < mmap.PAGESIZE or block & (block - 1) or block < cfg.snaplen + 256:
+            raise LiveCaptureError(f"ring block of {block} bytes: must be a power of two, at "
+                                   f"least a page and the snap length ({cfg.snaplen}) + 256")
+        self.block = block
+        self.blocks = cfg.blocks or max(2, cfg.rcvbuf // block)
+        frames = self.blocks * block // _RING_FRAME
+        req = struct.pack("=7I", block, self.blocks, _RING_FRAME, frames,
+                          cfg.block_timeout_ms, 0, 0)
         try:
             self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
             self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-            self.ring = mmap.mmap(self.fd, self.blocks * RING_BLOCK, mmap.MAP_SHARED,
+            self.ring = mmap.mmap(self.fd, self.blocks * block, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             raise LiveCaptureError(
-                f"cannot map a {self.blocks * RING_BLOCK} byte capture ring on {self.name}: "
+                f"cannot map a {self.blocks * block} byte capture ring on {self.name}: "
                 f"{exc.strerror or exc} (try LiveConfig(ring=False))") from None
         self.drain = self._drain_ring
+
+    def _join(self, group: int) -> int:
+        """Join fanout ``group`` (-1: a new one, its id chosen by the kernel); returns the id.
+
+        Hash mode: the kernel's flow hash is symmetric (both directions of a
+        5-tuple hash alike), so a flow's packets all reach one socket;
+        fragments are reassembled for hashing (DEFRAG) so they follow it too.
+        """
+        mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+        if group < 0:
+            mode |= PACKET_FANOUT_FLAG_UNIQUEID
+            group = 0
+        try:
+            # a u32 whose top bit (DEFRAG) overflows a C int: passed as bytes
+            self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, _U32.pack(group | mode << 16))
+            raw = self.sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4)
+            return int(_U32.unpack(raw)[0]) & 0xFFFF
+        except OSError as exc:
+            raise LiveCaptureError(f"cannot join fanout group {group} on {self.name}: "
+                                   f"{exc.strerror or exc}") from None
 
     def _socket_mode(self, cfg: LiveConfig) -> None:
         sock = self.sock
@@ -399,10 +528,10 @@ class _Handle:
         ring, lt, append = self.ring, self.linktype, out.append
         assert ring is not None
         unpack_hdr, block_hdr, status = _TP3_HDR.unpack_from, _BLOCK_HDR.unpack_from, _BLOCK_STATUS
-        i, blocks = self.cursor, self.blocks
+        i, blocks, block = self.cursor, self.blocks, self.block
         limit = len(out) + budget
         while len(out) < limit:
-            base = i * RING_BLOCK
+            base = i * block
             state, count, off = block_hdr(ring, base + 8)
             if not state & TP_STATUS_USER:
                 break
@@ -461,6 +590,10 @@ class _Handle:
             self.ring.close()
             self.ring = None
         self.sock.close()
+
+    def release(self) -> None:
+        """Forget the socket in this process without touching its counters (after a fork)."""
+        self.close()
 
 
 def _tagged(frame: bytes, tci: int, tpid: int) -> bytes:
