@@ -62,6 +62,9 @@ class FlowConfig:
     reassembly_bytes_total: int = 64 << 20
     # server addresses whose DNS names are remembered (dns.NameMap's bound)
     dns_max_addresses: int = 200_000
+    # capture.mode: handshake: the kernel passes only what decides verdicts, so a TCP flow's
+    # bytes come from each side's sequence numbers at SYN and FIN/RST (see SeqFlow)
+    seq_bytes: bool = False
 
 
 class Inspector(Protocol):
@@ -101,6 +104,37 @@ class Flow:
     def closed(self) -> bool:
         """RST seen, or FIN from both sides: the short closing timeout applies."""
         return bool((self.fl_c | self.fl_s) & RST) or bool(self.fl_c & self.fl_s & FIN)
+
+
+class SeqFlow(Flow):
+    """A flow in handshake mode: each side's initial and final sequence numbers too.
+
+    The handshake filter drops most segments, so counting them would count
+    little. TCP numbers every payload byte: a side's payload is its final
+    sequence number (that of its FIN, after the FIN segment's own payload; or
+    of its RST when it sent no FIN) minus its initial one (its SYN's) minus
+    the SYN's own number. Payload bytes, not IP bytes: no headers, no
+    retransmissions; exact when the side's SYN and FIN/RST were both seen
+    (wrapping once past 4 GiB is not detectable: such flows count modulo 4 GiB).
+    """
+
+    __slots__ = ("isn_c", "isn_s", "end_c", "end_s")
+
+    def __init__(self, ckey: bytes, proto: int, vlan: int | None, ts: float, client_from: str):
+        super().__init__(ckey, proto, vlan, ts, client_from)
+        self.isn_c: int | None = None
+        self.isn_s: int | None = None
+        self.end_c: int | None = None
+        self.end_s: int | None = None
+
+    def seq_bytes(self) -> dict[str, Any]:
+        """A record's byte fields: from sequence numbers, or what the filter let through."""
+        if self.proto == 6 and self.isn_c is not None and self.isn_s is not None \
+                and self.end_c is not None and self.end_s is not None:
+            return {"bytes_out": (self.end_c - self.isn_c - 1) & 0xFFFFFFFF,
+                    "bytes_in": (self.end_s - self.isn_s - 1) & 0xFFFFFFFF,
+                    "bytes_basis": "tcp_seq"}
+        return {"bytes_basis": "filtered_ip"}
 
 
 def _port_rank(port: int) -> int:
@@ -148,6 +182,10 @@ class FlowTable:
         self.events: list[Event] = []
         self.next_sweep = 0.0
         self.emit_new = False  # a live monitor wants ("new", flow, ts) to judge first packets
+        self._flow_class: type[Flow] = Flow
+        if self.config.seq_bytes:   # handshake mode; the default path stays as it was
+            self._flow_class = SeqFlow
+            self.packet = self._packet_seq   # type: ignore[method-assign]
         self.stats = {"flows_created": 0, "flows_evicted": 0, "fragments": 0,
                       "orphan_fragments": 0, "port_reuse": 0, "datagrams_reassembled": 0,
                       "datagrams_dropped": 0}
@@ -194,6 +232,33 @@ class FlowTable:
         if ts >= self.next_sweep:
             self.sweep(ts)
 
+    def _packet_seq(self, ts: float, d: tuple, frame: bytes) -> None:
+        """:meth:`packet`, then a TCP SYN, FIN or RST's sequence number noted on its flow."""
+        a = d[4]
+        if d[0] != 6 or not a & (SYN | FIN | RST):
+            FlowTable.packet(self, ts, d, frame)
+            return
+        table = self._tables.get(6)
+        before = table.get(d[1]) if table is not None else None
+        FlowTable.packet(self, ts, d, frame)
+        f = self._tables[6].get(d[1]) or before   # a SYN may have started a new flow
+        if not isinstance(f, SeqFlow):
+            return
+        client, seq = d[1] == f.ckey, d[5]
+        if a & SYN:
+            if client:
+                f.isn_c = seq
+            else:
+                f.isn_s = seq
+        if a & (FIN | RST):
+            end = (seq + max(0, d[7])) & 0xFFFFFFFF
+            fin_before = (f.fl_c if client else f.fl_s) & FIN and not a & FIN
+            if a & FIN or not fin_before:   # a RST after the side's FIN is one number later
+                if client:
+                    f.end_c = end
+                else:
+                    f.end_s = end
+
     def _new(self, table: dict[bytes, Flow], ts: float, d: tuple) -> Flow:
         if self.count >= self.config.max_flows:
             self._evict()
@@ -201,7 +266,7 @@ class FlowTable:
         _src, _dst, sport, dport = key_fields(key)
         sender_client, why = client_is_sender(d[0], d[4], sport, dport)
         ckey = key if sender_client else reverse_key(key)
-        f = Flow(ckey, d[0], d[3], ts, why)
+        f = self._flow_class(ckey, d[0], d[3], ts, why)
         rkey = reverse_key(ckey)
         table[ckey] = f
         table[rkey] = f

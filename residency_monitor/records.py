@@ -95,6 +95,11 @@ class FlowRecord:
     # Where the record came from: "capture" (live or replay), or a flow export protocol
     # ("ipfix", "netflow_v9", "netflow_v5"; see collector.py), which carries no TLS metadata
     source: str = "capture"
+    # What bytes_out/bytes_in count: "ip" every packet's IP length (full capture);
+    # "tcp_seq" TCP payload bytes from sequence numbers at SYN and FIN/RST (capture.mode:
+    # handshake; packets_* then count only the packets the handshake filter passed);
+    # "filtered_ip" IP bytes of the packets the handshake filter passed (a lower bound)
+    bytes_basis: str = "ip"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(zip(FIELD_NAMES, _FIELD_VALUES(self), strict=True))
@@ -151,6 +156,9 @@ def build(flow: Flow, end_reason: str, final: bool, internal: NetworkSet,
         "tcp_flags_in": flag_string(flow.fl_s) if tcp else None,
         "client_from": flow.client_from, "icmp_id": icmp_id,
     }
+    seq = getattr(flow, "seq_bytes", None)   # handshake mode: flows.SeqFlow
+    if seq is not None:
+        base.update(seq())
     base.update(_handshake_fields(flow))
     if names is not None and base["direction"] in ("outbound", "external"):
         taken = getattr(flow.hs, "server_names", None)   # at the flow's first payload
