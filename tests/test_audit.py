@@ -602,6 +602,40 @@ def test_write_errors_never_stop_the_caller_and_the_log_recovers(tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def test_a_read_only_disk_loses_no_written_entry_and_the_log_resumes(tmp_path):
+    """A real read-only filesystem (a tmpfs remounted ro, as after errors=remount-ro) when
+    the daemon starts: opening and appending fail, counted, never raised; what earlier
+    runs wrote stays byte for byte; once writable again the chain continues from it."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        earlier = AuditLog(mnt / "audit", compress=False)
+        earlier.open(strict=True)
+        for i in range(20):
+            assert earlier.append("flow", {"i": i}) is not None
+        earlier.close()
+        before = {p.name: p.read_bytes() for p in list_segments(mnt / "audit")}
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        log = AuditLog(mnt / "audit", compress=False)
+        log.open()                                   # the daemon's start: never fatal
+        assert log.write_errors >= 1
+        results = [log.append("flow", {"ro": i}) for i in range(5)]
+        assert results == [None] * 5
+        assert {p.name: p.read_bytes() for p in list_segments(mnt / "audit")} == before
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        assert log.append("flow", {"after": "rw"}) is not None
+        log.close()
+        res = verify([mnt / "audit"])
+        assert res.ok, res.summary()
+        assert {p.name: p.read_bytes() for p in list_segments(mnt / "audit")
+                if p.name in before} == before
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 # ------------------------------------------------------------------------------ the CLI
 
 def test_cli_exit_codes_and_json(tmp_path):
