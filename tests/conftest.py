@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,27 @@ def bench(tmp_path_factory) -> tuple[Path, dict]:
                     "--seed", "1", "--out", str(out)], check=True, capture_output=True)
     truth = json.loads(out.with_name(out.name + ".truth.json").read_text())
     return out, truth
+
+
+# -- real interfaces ------------------------------------------------------------------
+
+@pytest.fixture
+def pair() -> Iterator:
+    """Two network namespaces joined by a veth pair (tests/netns_fixture.py), removed after."""
+    from netns_fixture import netns_pair
+    with netns_pair() as p:
+        yield p
+
+
+@pytest.fixture
+def sample_replay(tmp_path: Path) -> Path:
+    """The bundled sample with foreign destination MACs, so namespace B's kernel never
+    answers the frames tcpreplay sends it (the daemon still captures them)."""
+    from netns_fixture import write_pcap
+
+    from residency_monitor.capture.files import open_capture
+    from residency_monitor.sample import SAMPLE_PATH
+    out = tmp_path / "sample-replay.pcap"
+    with open_capture(SAMPLE_PATH) as reader:
+        write_pcap(out, reader)
+    return out

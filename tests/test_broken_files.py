@@ -20,16 +20,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, SHARED
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
-
-from residency_monitor.capture.files import open_capture
-from residency_monitor.sample import SAMPLE_PATH
 
 RUN = [sys.executable, "-m", "residency_monitor", "run", "--interface", "no-such-if0"]
 PACK = (ROOT / "configs" / "policies" / "macau-pdpa.yaml").read_text()
@@ -71,20 +67,6 @@ def _line_of(text: str, marker: str) -> int:
 
 def _where(path: Path, text: str, marker: str | None) -> str:
     return f"{path}:{_line_of(text, marker)}:" if marker else f"{path}:"
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
-
-
-@pytest.fixture
-def sample_replay(tmp_path: Path) -> Path:
-    out = tmp_path / "sample-replay.pcap"
-    with open_capture(SAMPLE_PATH) as reader:
-        write_pcap(out, reader)
-    return out
 
 
 def _metrics(port: int) -> str:

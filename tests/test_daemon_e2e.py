@@ -29,10 +29,9 @@ from alertmanager_fixture import (  # noqa: F401  (fixtures)
 )
 from conftest import ROOT
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
+from netns_fixture import NetnsPair
 from prometheus_fixture import free_port, running_prometheus, scrape_config
 
-from residency_monitor.capture.files import open_capture
 from residency_monitor.engine import Engine
 from residency_monitor.geo import GeoConfig, Geolocator
 from residency_monitor.policy import default_policy
@@ -72,21 +71,6 @@ def make_daemon(tmp_path: Path) -> Iterator:
         daemon.kill()
 
 
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
-
-
-@pytest.fixture
-def sample_replay_file(tmp_path: Path) -> Path:
-    """The sample with foreign destination MACs, so namespace B's kernel never answers."""
-    out = tmp_path / "sample-replay.pcap"
-    with open_capture(SAMPLE_PATH) as reader:
-        write_pcap(out, reader)
-    return out
-
-
 def _replay_records() -> list[FlowRecord]:
     """What ``residency-monitor replay`` gives for the sample, with the same defaults."""
     recs: list[FlowRecord] = []
@@ -102,7 +86,7 @@ def _comparable(r: dict) -> tuple:
             r["verdict"], tuple(r["violations"]))
 
 
-def test_daemon_end_to_end(pair, sample_replay_file, alertmanager: Alertmanager,
+def test_daemon_end_to_end(pair, sample_replay, alertmanager: Alertmanager,
                            webhook: WebhookReceiver, make_daemon, tmp_path):
     daemon = make_daemon(pair, alertmanager.url)
     daemon.start()
@@ -111,7 +95,7 @@ def test_daemon_end_to_end(pair, sample_replay_file, alertmanager: Alertmanager,
                             rule_files=[RULES],
                             alertmanagers=[alertmanager.url.removeprefix("http://")]) as prom:
         started = time.time()
-        pair.replay(sample_replay_file, pps=2000)
+        pair.replay(sample_replay, pps=2000)
         replayed = time.time()
 
         # 1. alerts pushed by the daemon reach the webhook, one per violation identity
@@ -145,7 +129,7 @@ def test_daemon_end_to_end(pair, sample_replay_file, alertmanager: Alertmanager,
         assert prom.wait_for(f'up{{instance="{target}"}} == 1', timeout=20)
         assert prom.wait_for('sum(residency_violations_total{rule="residency"}) >= 9',
                              timeout=60)
-        pair.replay(sample_replay_file, pps=2000)
+        pair.replay(sample_replay, pps=2000)
         rule_alert = webhook.wait_for(lambda alerts: any(
             a.labels.get("alertname") == "ResidencyViolationsDetected"
             and a.labels.get("rule") == "plaintext" for a in alerts), timeout=60)
@@ -162,14 +146,14 @@ def test_daemon_end_to_end(pair, sample_replay_file, alertmanager: Alertmanager,
     assert events[0] == "start" and events[-1] == "stop"
 
 
-def test_alerts_survive_an_alertmanager_restart(pair, sample_replay_file,
+def test_alerts_survive_an_alertmanager_restart(pair, sample_replay,
                                                 alertmanager: Alertmanager,
                                                 webhook: WebhookReceiver, make_daemon):
     daemon = make_daemon(pair, alertmanager.url)
     daemon.start()
     try:
         alertmanager.stop()
-        pair.replay(sample_replay_file, pps=2000)   # violations while Alertmanager is down
+        pair.replay(sample_replay, pps=2000)   # violations while Alertmanager is down
         time.sleep(2)
         alertmanager.start()
         want = 12  # the sample's violation identities: 9 residency, 2 plaintext, 1 tls_version

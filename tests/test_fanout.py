@@ -17,13 +17,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import BENCH_GENERATOR, ROOT
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
+from netns_fixture import NetnsPair, write_pcap
 
 from residency_monitor import decode as dec
 from residency_monitor.capture.files import open_capture
@@ -52,12 +51,6 @@ def bench_pcap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with open_capture(BENCH) as reader:
         write_pcap(out, reader)
     return out
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
 
 
 def _connection(frame: bytes) -> tuple[int, bytes] | None:

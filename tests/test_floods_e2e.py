@@ -26,7 +26,7 @@ from pathlib import Path
 import floods
 import pytest
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
+from netns_fixture import NetnsPair, write_pcap
 
 from residency_monitor.capture.files import open_capture
 from residency_monitor.engine import Engine
@@ -72,12 +72,6 @@ def captures(tmp_path_factory) -> tuple[Path, Path, int]:
     count = len(write_pcap(mixed, floods.mix(floods.timeline(frames2, n2, t0, t1 - t0),
                                              iter(sample))))
     return flood, mixed, count
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import corpus_files
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
+from netns_fixture import NetnsPair, write_pcap
 
 from residency_monitor import decode as dec
 from residency_monitor.capture.files import open_capture
@@ -153,12 +152,6 @@ def _matches(k: tuple, r: FlowRecord) -> bool:
     ips = {socket.inet_ntop(fam, key[:half]), socket.inet_ntop(fam, key[half:2 * half])}
     ports = {key[-4] << 8 | key[-3], key[-2] << 8 | key[-1]}
     return ips == {r.client_ip, r.server_ip} and ports == {r.client_port, r.server_port}
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
 
 
 def test_daemon_in_handshake_mode(pair: NetnsPair, tmp_path: Path) -> None:

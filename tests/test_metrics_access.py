@@ -20,14 +20,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
 from certs import certificates
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair
 from prometheus_client import CollectorRegistry
 from prometheus_fixture import free_port
 
@@ -42,12 +40,6 @@ RUN = [sys.executable, "-m", "residency_monitor", "run"]
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> dict[str, str]:
     return certificates(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
 
 
 def _get(url: str, ctx: ssl.SSLContext | None, auth: tuple[str, str] | None = None

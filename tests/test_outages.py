@@ -49,7 +49,7 @@ from alertmanager_fixture import (  # noqa: F401  (fixtures)
 )
 from conftest import ROOT
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
+from netns_fixture import NetnsPair, write_pcap
 from prometheus_client.parser import text_string_to_metric_families
 
 from residency_monitor.alerts import BACKOFF_MAX
@@ -351,11 +351,6 @@ def refused(port: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
@@ -28,10 +27,7 @@ from alertmanager_fixture import (  # noqa: F401  (fixtures)
 )
 from certs import certificates
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
-
-from residency_monitor.capture.files import open_capture
-from residency_monitor.sample import SAMPLE_PATH
+from netns_fixture import NetnsPair
 
 USER = "gateway"
 PASSWORD = "correct horse battery staple 7"
@@ -46,20 +42,6 @@ def certs(tmp_path_factory) -> dict[str, str]:
 def stranger_ca(tmp_path_factory) -> str:
     """A CA that signed nothing Alertmanager serves."""
     return certificates(tmp_path_factory.mktemp("other-certs"))["ca"]
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
-
-
-@pytest.fixture
-def sample_replay(tmp_path: Path) -> Path:
-    out = tmp_path / "sample-replay.pcap"
-    with open_capture(SAMPLE_PATH) as reader:
-        write_pcap(out, reader)
-    return out
 
 
 @pytest.fixture

@@ -20,27 +20,11 @@ from pathlib import Path
 
 import pytest
 from daemon_fixture import DaemonProcess
-from netns_fixture import NetnsPair, netns_pair, write_pcap
+from netns_fixture import NetnsPair
 
-from residency_monitor.capture.files import open_capture
 from residency_monitor.privileges import cap_names, capability_sets
-from residency_monitor.sample import SAMPLE_PATH
 
 CLEARED = ("CapEff", "CapPrm", "CapInh", "CapAmb")
-
-
-@pytest.fixture
-def pair() -> Iterator[NetnsPair]:
-    with netns_pair() as p:
-        yield p
-
-
-@pytest.fixture
-def sample_replay(tmp_path: Path) -> Path:
-    out = tmp_path / "sample-replay.pcap"
-    with open_capture(SAMPLE_PATH) as reader:
-        write_pcap(out, reader)
-    return out
 
 
 @pytest.fixture
