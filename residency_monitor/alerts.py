@@ -50,6 +50,7 @@ API_PATH = "/api/v2/alerts"
 RESEND_INTERVAL = 60.0
 ENDS_AT_INTERVALS = 4
 RESOLVE_AFTER = 300.0
+MAX_ALERTS = 50_000      # alerts the book holds at once (see AlertBook)
 RESOLVED_RETENTION = 900.0
 # Flows remembered per alert to tell a flow raised again from one more flow.
 RECENT_FLOWS = 64
@@ -189,7 +190,10 @@ class AlertBook:
                  resolved_retention: float = RESOLVED_RETENTION,
                  refresh_interval: float = REFRESH_INTERVAL,
                  extra_labels: Mapping[str, str] | None = None,
-                 generator_url: str | None = None) -> None:
+                 generator_url: str | None = None,
+                 max_alerts: int = MAX_ALERTS) -> None:
+        if max_alerts < 1:
+            raise ValueError(f"max_alerts must be at least 1, not {max_alerts!r}")
         for name, value in (("resend_interval", resend_interval),
                             ("resolve_after", resolve_after),
                             ("resolved_retention", resolved_retention)):
@@ -205,6 +209,11 @@ class AlertBook:
         self.generator_url = generator_url.rstrip("/") + "/" if generator_url else None
         self._entries: dict[AlertKey, _Entry] = {}
         self._episodes = 0
+        # An outbound scan raises one alert per destination: the book holds at most
+        # max_alerts (about 1.5 KB each), forgetting the one raised longest ago;
+        # Alertmanager resolves a forgotten firing one at its endsAt.
+        self.max_alerts = max_alerts
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -226,6 +235,8 @@ class AlertBook:
             # as Alertmanager itself treats a firing alert after a resolved one.
             self._episodes += 1
             self._entries.pop(key, None)   # re-insert: the dict keeps raise order
+            if len(self._entries) >= self.max_alerts:
+                self._make_room()
             self._entries[key] = _Entry(
                 key=key, episode=self._episodes, labels=self._labels(key),
                 annotations=_annotations(alert, 1), starts_at=alert.starts_at,
@@ -246,6 +257,12 @@ class AlertBook:
             entry.recent_flows[alert.flow] = None
             if len(entry.recent_flows) > RECENT_FLOWS:
                 del entry.recent_flows[next(iter(entry.recent_flows))]
+
+    def _make_room(self) -> None:
+        """Forget the alert raised longest ago (counted): O(1), the dict keeps raise order,
+        and those are the ones resolved first or nearest to it."""
+        del self._entries[next(iter(self._entries))]
+        self.evicted += 1
 
     def due(self, now: float) -> list[dict[str, Any]]:
         """The JSON objects to POST now (see :meth:`due_items`)."""
@@ -782,7 +799,8 @@ class AlertmanagerClient:
             "queued": sum(s["queued"] for s in per.values()),
             "dropped": sum(s["dropped"] for s in per.values()),
             "retries": sum(s["retries"] for s in per.values()),
-            "resends_skipped": sum(s["resends_skipped"] for s in per.values()), "targets": per,
+            "resends_skipped": sum(s["resends_skipped"] for s in per.values()),
+            "evicted": self.book.evicted, "targets": per,
         }
 
     @property

@@ -53,6 +53,7 @@ class MetricsSettings:
 class AlertmanagerSettings:
     urls: tuple[str, ...] = ()
     queue_size: int = 10000
+    max_alerts: int = 50_000
     resend_interval: float = 60.0
     resolve_after: float = 300.0
     timeout: float = 5.0
@@ -96,8 +97,8 @@ _GEO = ((), ("databases", "asn_databases", "overrides", "embedded", "reload_chec
 _OVERRIDE = (("network", "country"), ("label",))
 _METRICS = ((), ("listen_address", "port", "tls_cert_file", "tls_key_file", "client_ca_file",
                  "web_config_file"))
-_AM = ((), ("urls", "queue_size", "resend_interval", "resolve_after", "timeout", "ca_file",
-            "cert_file", "key_file", "bearer_token_file", "basic_auth", "labels"))
+_AM = ((), ("urls", "queue_size", "max_alerts", "resend_interval", "resolve_after", "timeout",
+            "ca_file", "cert_file", "key_file", "bearer_token_file", "basic_auth", "labels"))
 _BASIC = (("username", "password_file"), ())
 _LOG = ((), ("format", "level"))
 _AUDIT = ((), ("enabled", "path", "all_flows", "fsync_interval", "rotate_bytes", "rotate_daily",
@@ -279,6 +280,8 @@ def _alertmanager(r: _Reader, top: dict) -> AlertmanagerSettings:
         urls=tuple(urls),
         queue_size=_get(r, m, p, "queue_size", lambda n, q: r.integer(n, q, 1, 10_000_000),
                         d.queue_size),
+        max_alerts=_get(r, m, p, "max_alerts", lambda n, q: r.integer(n, q, 1, 10_000_000),
+                        d.max_alerts),
         resend_interval=_get(r, m, p, "resend_interval", lambda n, q: r.number(n, q, 1, 3600),
                              d.resend_interval),
         resolve_after=_get(r, m, p, "resolve_after", lambda n, q: r.number(n, q, 1, 86400),

@@ -155,7 +155,7 @@ class Daemon:
         if not am.urls:
             return None
         book = AlertBook(resend_interval=am.resend_interval, resolve_after=am.resolve_after,
-                         extra_labels=dict(am.labels))
+                         extra_labels=dict(am.labels), max_alerts=am.max_alerts)
         try:
             return AlertmanagerClient(
                 list(am.urls), book=book, queue_size=am.queue_size, timeout=am.timeout,

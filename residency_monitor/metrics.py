@@ -97,6 +97,7 @@ Geolocation (read at scrape time)
 Alerts (read at scrape time from ``alerts.stats()``)
   ``residency_alerts_sent_total``, ``residency_alerts_failed_total{reason}``,
   ``residency_alerts_queued``, ``residency_alerts_dropped_total``,
+  ``residency_alerts_evicted_total`` (forgotten early: ``max_alerts`` held at once),
   ``residency_alert_retries_total``.
 
 Audit log (read at scrape time from the audit writer, see audit.py)
@@ -273,6 +274,8 @@ _SPECS: dict[str, _Spec] = {s.name: s for s in (
           "Alert deliveries that failed, by reason.", ("reason",)),
     _Spec("residency_alerts_queued", "gauge", "Alerts waiting to be delivered."),
     _Spec("residency_alerts_dropped", "counter", "Alerts dropped (queue full or given up)."),
+    _Spec("residency_alerts_evicted", "counter",
+          "Alerts forgotten early because alertmanager.max_alerts were remembered at once."),
     _Spec("residency_alert_retries", "counter", "Alert delivery retries."),
     _Spec("residency_audit_records", "counter", "Audit log entries appended, by type.",
           ("kind",)),
@@ -667,6 +670,7 @@ class _Collector(Collector):
         stats = alerts.stats()
         for key, name in (("sent", "residency_alerts_sent"),
                           ("dropped", "residency_alerts_dropped"),
+                          ("evicted", "residency_alerts_evicted"),
                           ("retries", "residency_alert_retries")):
             if key in stats:
                 yield _single(name, stats[key])

@@ -91,6 +91,20 @@ def test_new_alert_is_due_at_once_with_its_identity_labels() -> None:
     assert b.due(T0 + 1.5) == []
 
 
+def test_an_outbound_scan_keeps_the_book_bounded_forgetting_the_oldest() -> None:
+    """One alert per destination of a scan: at most max_alerts are remembered, the one
+    raised longest ago goes first (counted); a refresh keeps an alert's place."""
+    b = book(max_alerts=100)
+    for i in range(250):
+        b.raise_alert(violation(f"host{i}.example"), T0 + i)
+        b.raise_alert(violation(f"host{i}.example"), T0 + i)   # its handshake: a refresh
+    assert len(b) == 100 and b.evicted == 150
+    kept = {p["labels"]["destination"] for p in b.due(T0 + 300)}
+    assert kept == {f"host{i}.example" for i in range(150, 250)}
+    with pytest.raises(ValueError):
+        book(max_alerts=0)
+
+
 def test_repeat_is_one_alert_refreshed_with_the_original_starts_at() -> None:
     b2 = book()
     b2.raise_alert(violation(), T0)

@@ -44,6 +44,7 @@ from residency_monitor.summary import ComplianceSummary
 BUILD_DBS = ROOT / "geo" / "build_test_dbs.py"
 ALERT_SOURCE_FAMILIES = {"residency_alerts_sent", "residency_alerts_failed",
                          "residency_alerts_queued", "residency_alerts_dropped",
+                         "residency_alerts_evicted",
                          "residency_alert_retries"}
 NOW = 1_800_000_000.0
 
@@ -251,7 +252,7 @@ def test_engine_capture_and_alert_sources(registry, metrics):
     class Alerts:
         def stats(self) -> dict[str, Any]:
             return {"sent": 5, "failed": {"timeout": 2, "http_5xx": 1}, "queued": 3,
-                    "dropped": 1, "retries": 4}
+                    "dropped": 1, "evicted": 6, "retries": 4}
 
     metrics.attach(engine=engine, capture_stats=lambda: {"eth1": (1000, 7)}, alerts=Alerts())
     assert _value(registry, "residency_packets_processed_total") == 336
@@ -267,6 +268,7 @@ def test_engine_capture_and_alert_sources(registry, metrics):
     assert _value(registry, "residency_alerts_failed_total", reason="timeout") == 2
     assert _value(registry, "residency_alerts_queued") == 3
     assert _value(registry, "residency_alerts_dropped_total") == 1
+    assert _value(registry, "residency_alerts_evicted_total") == 6
     assert _value(registry, "residency_alert_retries_total") == 4
     assert _value(registry, "residency_build_info", version="9.9.9",
                   python=platform.python_version()) == 1
@@ -496,7 +498,7 @@ def test_promtool_finds_no_naming_problems(registry, metrics, sample, build_db, 
     class Alerts:
         def stats(self) -> dict[str, Any]:
             return {"sent": 1, "failed": {"timeout": 1}, "queued": 0, "dropped": 0,
-                    "retries": 1}
+                    "evicted": 0, "retries": 1}
 
     metrics.attach(engine=engine, geo=geo, capture_stats=lambda: {"eth0": (5, 1)},
                    alerts=Alerts())
