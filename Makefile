@@ -47,6 +47,10 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_residency.py --runs 3
 	$(BIN)/python benchmarks/bench_live.py
 	$(BIN)/python benchmarks/bench_alerts.py
+	$(BIN)/python benchmarks/bench_audit.py --runs 3
+	$(BIN)/python benchmarks/bench_attacks.py
+	$(BIN)/python benchmarks/bench_collector.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
