@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_live import make_capture  # noqa: E402
-from daemon_fixture import DaemonProcess  # noqa: E402
+from daemon_fixture import DaemonProcess, scrape_samples  # noqa: E402
 from netns_fixture import NetnsPair, netns_pair  # noqa: E402
 
 from residency_monitor.capture.files import open_capture  # noqa: E402
@@ -51,16 +50,6 @@ SETUPS = {
     "handshake": ["  mode: handshake"],
 }
 
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def trial(pair: NetnsPair, pcap: Path, setup: str, rate: int | None, loops: int,
@@ -79,7 +68,7 @@ def trial(pair: NetnsPair, pcap: Path, setup: str, rate: int | None, loops: int,
         drop_key = f'residency_packets_dropped_total{{interface="{pair.dev_b}"}}'
         deadline, last = time.monotonic() + 60, None
         while True:   # until the engines have caught up with what the kernel captured
-            m = metrics(daemon.port)
+            m = scrape_samples(daemon.port)
             state = (m.get(cap_key, 0), m.get(drop_key, 0),
                      m.get("residency_packets_processed_total", 0))
             if (state == last and state[2] >= state[0] - state[1]) \

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_fixture import free_port
@@ -94,3 +96,29 @@ class DaemonProcess:
     def final_records(self) -> list[dict]:
         lines = self.records.read_text().splitlines() if self.records.exists() else []
         return [r for r in map(json.loads, lines) if r["final"]]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.2) -> bool:
+    """Poll ``predicate`` until it is truthy (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def scrape(port: int) -> str:
+    """The daemon's /metrics exposition on 127.0.0.1:``port``, as text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def scrape_samples(port: int) -> dict[str, float]:
+    """The exposition as ``{'name{labels}': value}`` (comment lines left out)."""
+    out: dict[str, float] = {}
+    for line in scrape(port).splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -18,14 +18,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, SHARED
-from daemon_fixture import DaemonProcess
+from daemon_fixture import DaemonProcess, wait_until
+from daemon_fixture import scrape as _metrics
 
 RUN = [sys.executable, "-m", "residency_monitor", "run", "--interface", "no-such-if0"]
 PACK = (ROOT / "configs" / "policies" / "macau-pdpa.yaml").read_text()
@@ -69,20 +68,6 @@ def _where(path: Path, text: str, marker: str | None) -> str:
     return f"{path}:{_line_of(text, marker)}:" if marker else f"{path}:"
 
 
-def _metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 # -- policies ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", list(BROKEN))
@@ -117,7 +102,8 @@ def test_every_invalid_policy_on_reload_leaves_the_running_one(pair, sample_repl
             text = breaker(PACK)
             policy.write_text(text)
             daemon.signal(signal.SIGHUP)
-            assert _wait(lambda n=n: len(_reloads(daemon)) >= n, 10), (kind, daemon.log_text())
+            assert wait_until(lambda n=n: len(_reloads(daemon)) >= n, 10), \
+                (kind, daemon.log_text())
             event = _reloads(daemon)[n - 1]
             assert event["result"] == "failure", kind
             where = _where(policy, text, marker)
@@ -207,18 +193,18 @@ def test_a_database_truncated_in_place_while_running_keeps_the_previous_one(
         assert f"{ok} 1.0" in _metrics(daemon.port)
         data = country_db.read_bytes()
         country_db.write_bytes(data[: len(data) // 3])   # same inode, as `cp` overwrites
-        assert _wait(lambda: f"{ok} 0.0" in _metrics(daemon.port), 10), _metrics(daemon.port)
+        assert wait_until(lambda: f"{ok} 0.0" in _metrics(daemon.port), 10), _metrics(daemon.port)
         refused = [e for e in daemon.log_events() if e.get("event") == "geo_reload"]
         assert refused and str(country_db) in refused[0]["msg"]
         assert "still using" in refused[0]["msg"] and "cannot be opened" in refused[0]["msg"]
 
         # lookups answer from the database loaded at start (the registry would say US)
         pair.replay(sample_replay, pps=2000)
-        assert _wait(lambda: CRM in _records_text(daemon), 20), daemon.log_text()[-2000:]
+        assert wait_until(lambda: CRM in _records_text(daemon), 20), daemon.log_text()[-2000:]
         assert daemon.proc is not None and daemon.proc.poll() is None
 
         country_db.write_bytes(data)                      # fixed: taken up at the next check
-        assert _wait(lambda: f"{ok} 1.0" in _metrics(daemon.port), 10)
+        assert wait_until(lambda: f"{ok} 1.0" in _metrics(daemon.port), 10)
     finally:
         assert daemon.stop() == 0
     crm = [r for r in daemon.final_records() if r["server_ip"] == CRM]

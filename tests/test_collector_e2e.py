@@ -22,12 +22,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import corpus_files
 from daemon_fixture import DaemonProcess
+from daemon_fixture import scrape_samples as _scrape
 
 from residency_monitor import decode as dec
 from residency_monitor.capture.files import open_capture
@@ -207,12 +207,6 @@ def test_softflowd_export_of_the_bench_capture(bench, version: int):
 
 
 # -- the daemon, with flow export sources and no capture --------------------------------------
-
-def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def _udp_port() -> int:

@@ -29,6 +29,8 @@ from alertmanager_fixture import (  # noqa: F401  (fixtures)
 )
 from conftest import ROOT
 from daemon_fixture import DaemonProcess
+from daemon_fixture import scrape as _scrape
+from daemon_fixture import wait_until as _wait
 from netns_fixture import NetnsPair
 from prometheus_fixture import free_port, running_prometheus, scrape_config
 
@@ -201,22 +203,6 @@ def test_startup_failures_have_distinct_exit_codes(tmp_path):
                           f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30,
                          env={**os.environ, "NOTIFY_SOCKET": ""})
     assert res.returncode == 3 and "no-such-if0" in res.stderr
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-def _scrape(port: int) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
 
 
 def _epoch(rfc3339: str) -> float:

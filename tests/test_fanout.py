@@ -16,12 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import BENCH_GENERATOR, ROOT
 from daemon_fixture import DaemonProcess
+from daemon_fixture import scrape_samples as _metrics
 from netns_fixture import NetnsPair, write_pcap
 
 from residency_monitor import decode as dec
@@ -111,17 +111,6 @@ def _comparable(r: dict) -> tuple:
             r["vlan"], r["packets_out"], r["packets_in"], r["bytes_out"], r["bytes_in"],
             r["app"], r["tls_version"], r["tls_sni"], r["dst_country"], r["verdict"],
             tuple(r["violations"]))
-
-
-def _metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def _wait_metric(port: int, name: str, want: float, timeout: float = 60) -> dict[str, float]:

@@ -13,8 +13,6 @@ metrics, whatever happens.
 
 from __future__ import annotations
 
-import time
-import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -27,6 +25,8 @@ from alertmanager_fixture import (  # noqa: F401  (fixtures)
 )
 from certs import certificates
 from daemon_fixture import DaemonProcess
+from daemon_fixture import scrape as _metrics
+from daemon_fixture import wait_until as _wait
 from netns_fixture import NetnsPair
 
 USER = "gateway"
@@ -77,23 +77,9 @@ def _daemon(pair: NetnsPair, workdir: Path, url: str, ca_file: str, certs: dict[
         "  labels: {site: tls-e2e}"])
 
 
-def _metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
-
-
 def _value(text: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(prefix))
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def _never_leaked(daemon: DaemonProcess) -> None:

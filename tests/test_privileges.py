@@ -13,13 +13,13 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon_fixture import DaemonProcess
+from daemon_fixture import scrape as _metrics
+from daemon_fixture import wait_until as _wait
 from netns_fixture import NetnsPair
 
 from residency_monitor.privileges import cap_names, capability_sets
@@ -69,24 +69,10 @@ def _config(pair: NetnsPair, *extra: str) -> list[str]:
             "flows: {tcp_idle: 2, tcp_closed: 1, udp_idle: 1}", *extra]
 
 
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
 def _privileges_event(daemon: DaemonProcess) -> dict:
     """The log line saying what was dropped (written just after the start line)."""
     assert _wait(lambda: any(e.get("event") == "privileges" for e in daemon.log_events()), 5)
     return next(e for e in daemon.log_events() if e.get("event") == "privileges")
-
-
-def _metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
 
 
 def _violations(port: int) -> float:
